@@ -1,0 +1,110 @@
+"""The Engine protocol, backend selection by name, and GPU detection.
+
+An Engine runs one graph (the denoiser or the decoder) with numpy arrays in and
+out.  Its callers (the sampler, the take loop) never learn which runtime it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+from previz.errors import BackendUnavailableError
+
+from engines.graphs import Graph
+
+# name -> module; each module exposes `unavailable_reason() -> str | None` and
+# `create(graph, cache_dir, **options) -> Engine`.
+BACKENDS: dict[str, str] = {
+    "torch": "engines.torch_backend",
+    "onnxruntime": "engines.onnxruntime_backend",
+    "tensorrt": "engines.tensorrt_backend",
+}
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    backend: str
+    graph: str
+    device: str
+    precision: str
+    providers: tuple[str, ...] = ()  # what the runtime actually uses, not what it lists
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    info: EngineInfo
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def warmup(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def warmup_with_examples(engine: Engine, graph: Graph) -> None:
+    """Shared warm-up: one run on the graph's example inputs."""
+    engine.run(graph.example_inputs())
+
+
+def _backend_module(name: str) -> Any:
+    if name not in BACKENDS:
+        raise BackendUnavailableError(
+            f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}", field="backend", value=name
+        )
+    return importlib.import_module(BACKENDS[name])
+
+
+def available_backends() -> dict[str, str | None]:
+    """backend name -> None if it can run here, else the reason it cannot."""
+    return {name: _backend_module(name).unavailable_reason() for name in BACKENDS}
+
+
+def create_engine(backend: str, graph: Graph, cache_dir: Path, **options: Any) -> Engine:
+    module = _backend_module(backend)
+    reason = module.unavailable_reason()
+    if reason:
+        raise BackendUnavailableError(f"backend {backend!r} cannot run here: {reason}", field="backend", value=backend)
+    engine: Engine = module.create(graph, cache_dir=Path(cache_dir), **options)
+    return engine
+
+
+def module_installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@functools.cache
+def cuda_device_name() -> str | None:
+    """The first CUDA GPU's name, or None when no GPU is really there.
+
+    onnxruntime-gpu lists CUDA/TensorRT providers whether or not a GPU exists,
+    so we ask the driver itself.  torch answers when it is a CUDA build; the
+    driver API answers otherwise (a CPU torch beside onnxruntime-gpu).
+    """
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(0))
+    except Exception:  # a broken CUDA install must read as "no GPU", not crash
+        pass
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return None
+    name = ctypes.create_string_buffer(256)
+    device = ctypes.c_int(0)
+    if cuda.cuDeviceGet(ctypes.byref(device), 0) != 0 or cuda.cuDeviceGetName(name, 256, device) != 0:
+        return "CUDA GPU"
+    return name.value.decode(errors="replace")

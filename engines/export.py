@@ -1,0 +1,112 @@
+"""torch -> ONNX with the dynamo exporter, cached by graph fingerprint.
+
+The ONNX file is the one artifact every non-torch runtime starts from: ONNX
+Runtime runs it, TensorRT builds plans from it.  The dynamo exporter handles
+``aten::rms_norm`` (Wan's QK norm) that the legacy exporter cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from previz.errors import EngineCacheError
+
+from engines.cache import atomic_write
+from engines.graphs import Graph
+
+OPSET = 18
+
+
+def onnx_dir(cache_dir: Path, graph: Graph) -> Path:
+    return Path(cache_dir) / "onnx" / graph.fingerprint
+
+
+def export_onnx(graph: Graph, cache_dir: Path, *, opset: int = OPSET) -> Path:
+    """The graph's ONNX file, exported on first use and reused afterwards."""
+    out_dir = onnx_dir(cache_dir, graph)
+    path = out_dir / f"{graph.name}.onnx"
+    if (out_dir / "export.json").is_file() and path.is_file():
+        check_external_data(path)
+        return path
+    args = tuple(torch.from_numpy(a) for a in graph.example_inputs().values())
+    # Export into a temp dir and rename it into place, so an interrupted export
+    # never leaves a half-written model that a later run would trust.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{graph.fingerprint[:12]}."))
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph.module.eval(),
+                args,
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(graph.inputs),
+                output_names=[graph.output],
+                optimize=True,
+                verbose=False,
+            )
+        assert program is not None
+        program.save(str(tmp / path.name), external_data=False)
+        meta = {
+            "graph": graph.name,
+            "fingerprint": graph.fingerprint,
+            "source_sha256": graph.source_sha256,
+            "inputs": graph.inputs,
+            "output": graph.output,
+            "opset": opset,
+            "torch": torch.__version__,
+        }
+        atomic_write(tmp / "export.json", (json.dumps(meta, indent=2) + "\n").encode())
+        if out_dir.exists():  # another process won the race; theirs is as good as ours
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX file whose external weights point outside its own directory."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    base = path.parent.resolve()
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (base / location).resolve()
+        if base not in target.parents:
+            raise EngineCacheError(
+                f"refusing {path}: tensor {tensor.name!r} reads external data from {location!r}, "
+                "outside the model's directory",
+                value=str(path),
+            )
+
+
+def to_fp16(src: Path, dst: Path) -> Path:
+    """A mixed-precision copy (fp16 inside, fp32 inputs and outputs).
+
+    TensorRT 11 builds strongly typed networks only: precision lives in the
+    graph, not in a builder flag, so fp16 engines are built from this file.
+    """
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(src))
+    # Normalisations and the softmax stay fp32: their reductions overflow in fp16.
+    block = ["LayerNormalization", "RMSNormalization", "ReduceMean", "Pow", "Softmax", "Sqrt", "Div"]
+    converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    onnx.save(converted, str(dst))
+    return dst

@@ -1,0 +1,108 @@
+"""ONNX Runtime: TensorRT EP -> CUDA EP -> CPU, with the GPU's presence checked first.
+
+onnxruntime-gpu *lists* the TensorRT and CUDA providers on a machine with no
+GPU; asking for them there only produces warnings and a silent CPU fallback.
+So we ask for GPU providers only when :func:`cuda_device_name` finds a real GPU,
+and report the providers the session actually uses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from engines.base import EngineInfo, cuda_device_name, module_installed, warmup_with_examples
+from engines.cache import EngineCache, cache_key, sha256_bytes
+from engines.export import export_onnx
+from engines.graphs import Graph
+
+
+def unavailable_reason() -> str | None:
+    if not module_installed("onnxruntime"):
+        return "onnxruntime is not installed (pip install onnxruntime, or previz[gpu] for onnxruntime-gpu)"
+    return None
+
+
+def provider_chain(available: list[str], gpu: str | None, trt_cache_dir: Path | None) -> list[Any]:
+    """Which providers to ask for, best first.  Pure, so it is testable without a GPU."""
+    chain: list[Any] = []
+    if gpu:
+        if "TensorrtExecutionProvider" in available and trt_cache_dir is not None:
+            chain.append(
+                (
+                    "TensorrtExecutionProvider",
+                    {
+                        "trt_fp16_enable": True,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(trt_cache_dir),
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(trt_cache_dir),
+                    },
+                )
+            )
+        if "CUDAExecutionProvider" in available:
+            chain.append("CUDAExecutionProvider")
+    chain.append("CPUExecutionProvider")
+    return chain
+
+
+class OrtEngine:
+    def __init__(self, graph: Graph, onnx_path: Path, *, cache: EngineCache, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.graph = graph
+        gpu = cuda_device_name()
+        onnx_bytes = onnx_path.read_bytes()
+        trt_dir: Path | None = None
+        self._pin_key: str | None = None
+        if gpu and "TensorrtExecutionProvider" in ort.get_available_providers():
+            # ORT's TensorRT EP keeps its own plan files; we pin them by hash.
+            self._pin_key = cache_key(
+                onnx_sha256=sha256_bytes(onnx_bytes),
+                shape_profile=graph.shape_profile(),
+                precision="fp16",
+                runtime="onnxruntime-trt",
+                runtime_version=ort.__version__,
+                gpu=gpu,
+            )
+            trt_dir = cache.pinned_dir(self._pin_key)
+        self._cache = cache
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            onnx_bytes, sess_options=options, providers=provider_chain(ort.get_available_providers(), gpu, trt_dir)
+        )
+        providers = tuple(self.session.get_providers())
+        self.info = EngineInfo(
+            backend="onnxruntime",
+            graph=graph.name,
+            device=gpu if gpu and providers[0] != "CPUExecutionProvider" else "cpu",
+            precision="fp16" if providers[0] == "TensorrtExecutionProvider" else "fp32",
+            providers=providers,
+            details={"onnxruntime": ort.__version__, "onnx": str(onnx_path)},
+        )
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: np.ascontiguousarray(inputs[k], dtype=np.float32) for k in self.graph.inputs}
+        (out,) = self.session.run([self.graph.output], feed)
+        return {self.graph.output: out}
+
+    def warmup(self) -> None:
+        warmup_with_examples(self, self.graph)
+        if self._pin_key:  # the TensorRT EP has built (or reused) its plans by now
+            self._cache.pin_dir(self._pin_key)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+
+def create(graph: Graph, cache_dir: Path, **options: Any) -> OrtEngine:
+    path = export_onnx(graph, cache_dir)
+    threads = options.get("threads") or int(os.environ.get("PREVIZ_ORT_THREADS", "0")) or None
+    return OrtEngine(graph, path, cache=EngineCache(Path(cache_dir) / "engines"), threads=threads)

@@ -1,0 +1,1 @@
+"""previz: the live half. Recipes, packs, sampling, takes, and the CLI."""

@@ -1,0 +1,118 @@
+"""The draft pack's two graphs, denoiser and decoder, with the I/O contract every engine runs.
+
+denoiser: latents [1, C, F, h, w], timesteps [1, F*h*w/patch] (per token, 0..1000),
+          text [1, L, D]  ->  velocity [1, C, F, h, w]
+decoder:  latents [1, C, h, w] (one latent frame)  ->  frames [T, H, W, 3] in [0, 1]
+
+The decoder is frame-wise (the TAEHV pattern): one latent frame at a time, so
+the first picture leaves as soon as the first latent frame is denoised.  Its
+output channels hold ``T`` RGB frames side by side (channel = frame * 3 + rgb);
+the graph unfolds them into frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import nn
+
+from previz.errors import PackError
+from previz.packs import Pack, load_component
+
+from engines.graphs import Graph
+
+SUPPORTED_CONDITIONING = ("text", "context")
+
+
+class DenoiserGraph(nn.Module):
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.transformer(latents, timesteps, text, return_dict=False)[0]
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, autoencoder: nn.Module, temporal: int) -> None:
+        super().__init__()
+        self.decoder = autoencoder.decoder
+        self.temporal = temporal
+        self.scaling_factor = float(getattr(autoencoder.config, "scaling_factor", 1.0))
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        x = self.decoder(latents / self.scaling_factor)  # [N, 3*T, H, W] in [-1, 1]
+        n, _, height, width = x.shape
+        x = x.reshape(n, self.temporal, 3, height, width).permute(0, 1, 3, 4, 2)
+        return ((x.reshape(n * self.temporal, height, width, 3) + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+def _source_hash(pack: Pack, component: str) -> str:
+    blob = json.dumps({"pack": pack.id, "component": component, "sha256": pack.component(component).sha256}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_conditioning(pack: Pack) -> None:
+    extra = sorted(k for k, v in pack.conditioning.items() if v and k not in SUPPORTED_CONDITIONING)
+    if extra:
+        raise PackError(
+            f"pack {pack.id!r} needs {', '.join(extra)} conditioning, which this version of previz "
+            f"does not provide yet (it provides: {', '.join(SUPPORTED_CONDITIONING)})",
+            field="pack",
+            value=pack.id,
+        )
+
+
+def tokens_per_frame(transformer: nn.Module, latent_h: int, latent_w: int) -> int:
+    _, p_h, p_w = transformer.config.patch_size
+    return (latent_h // p_h) * (latent_w // p_w)
+
+
+def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: int, text_dim: int) -> tuple[Graph, int]:
+    """The denoiser graph at one draft size, and its tokens per latent frame."""
+    check_conditioning(pack)
+    assert pack.draft is not None
+    transformer = load_component(pack, "denoiser")
+    layout = pack.latent
+    if transformer.config.in_channels != layout.channels:
+        raise PackError(
+            f"pack {pack.id!r}: denoiser takes {transformer.config.in_channels} channels, "
+            f"the latent layout says {layout.channels}"
+        )
+    lat_h, lat_w = layout.latent_size(width, height)
+    frames = pack.draft.window_frames
+    tokens = tokens_per_frame(transformer, lat_h, lat_w)
+    graph = Graph(
+        name="denoiser",
+        module=DenoiserGraph(transformer).eval(),
+        inputs={
+            "latents": (1, layout.channels, frames, lat_h, lat_w),
+            "timesteps": (1, frames * tokens),
+            "text": (1, text_tokens, text_dim),
+        },
+        output="velocity",
+        source_sha256=_source_hash(pack, "denoiser"),
+    )
+    return graph, tokens
+
+
+def build_decoder_graph(pack: Pack, width: int, height: int) -> Graph:
+    layout = pack.latent
+    autoencoder = load_component(pack, "decoder")
+    expected = 3 * layout.temporal
+    if autoencoder.config.out_channels != expected or autoencoder.config.latent_channels != layout.channels:
+        raise PackError(
+            f"pack {pack.id!r}: the draft decoder must map {layout.channels} latent channels to "
+            f"{expected} output channels ({layout.temporal} RGB frames), it maps "
+            f"{autoencoder.config.latent_channels} to {autoencoder.config.out_channels}"
+        )
+    lat_h, lat_w = layout.latent_size(width, height)
+    return Graph(
+        name="decoder",
+        module=DecoderGraph(autoencoder, layout.temporal).eval(),
+        inputs={"latents": (1, layout.channels, lat_h, lat_w)},
+        output="frames",
+        source_sha256=_source_hash(pack, "decoder"),
+    )

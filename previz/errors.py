@@ -1,0 +1,65 @@
+"""Every error a user can cause, as one typed hierarchy.
+
+The CLI prints these as one line and exits non-zero; the server (a later issue)
+turns them into protocol ``error`` events.  Anything that is *not* a
+``PrevizError`` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PrevizError(Exception):
+    """Base class: a problem the user can act on."""
+
+    code = "previz_error"
+
+    def __init__(self, message: str, *, field: str | None = None, value: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.value = value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "field": self.field}
+
+
+class InvalidRecipeError(PrevizError, ValueError):
+    """A recipe field is out of range or malformed."""
+
+    code = "invalid_recipe"
+
+
+class PackError(PrevizError):
+    """A model pack is missing, malformed or fails its hash check."""
+
+    code = "pack_error"
+
+
+class UnknownPackError(PackError, LookupError):
+    code = "unknown_pack"
+
+
+class UnsafeWeightsError(PackError):
+    """Weights in a format that can execute code on load (pickle)."""
+
+    code = "unsafe_weights"
+
+
+class BackendUnavailableError(PrevizError):
+    """The requested runtime is not installed or has no device here."""
+
+    code = "backend_unavailable"
+
+
+class EngineCacheError(PrevizError):
+    """A cached engine is not trusted (not in our manifest, or altered)."""
+
+    code = "untrusted_engine"
+
+
+class Cancelled(PrevizError):
+    """A take was stopped between chunks by its caller."""
+
+    code = "cancelled"

@@ -1,0 +1,453 @@
+"""Model packs: what a draft, final or VSR model is, where its files live, and their hashes.
+
+A pack is a directory in diffusers layout (one subfolder per component, each
+written by ``save_pretrained``) plus a manifest, ``previz_pack.json``, that says
+what the components are and how the rest of previz must drive them.  Nothing
+downstream hard-codes Wan 2.1's 16 channels or 4x8x8 compression: the sampler,
+engines and decoders read the :class:`LatentLayout` from here.
+
+A pack reference is resolved in this order:
+
+1. an existing local directory;
+2. a name under one of the pack search directories (``$PREVIZ_PACKS``, then
+   ``$PREVIZ_HOME/packs``);
+3. a hub id ``owner/name``: fetched with ``huggingface_hub.snapshot_download``,
+   trying the local cache first so that a pack that is already here never
+   touches the network.
+
+All three end at a local directory, and from there every pack loads through the
+same code (``from_pretrained`` on its subfolders).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from previz.errors import PackError, UnknownPackError, UnsafeWeightsError
+
+MANIFEST_NAME = "previz_pack.json"
+FORMAT = "previz-pack/1"
+KINDS = ("draft", "final", "vsr")
+
+# Pickle-based formats execute code when loaded.  We refuse them outright,
+# rather than trusting a flag on the loader.
+UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npy", ".npz")
+
+# Component classes a manifest may name, by library.  A manifest is data: it
+# must never be able to make us import an arbitrary module.
+DIFFUSERS_CLASSES = frozenset(
+    {"WanTransformer3DModel", "AutoencoderTiny", "AutoencoderKLWan", "AutoencoderKL"}
+)
+TRANSFORMERS_CLASSES = frozenset({"BertModel", "UMT5EncoderModel", "T5EncoderModel"})
+
+# Only the files a pack needs are fetched from a hub: this is also how a
+# pickle file in a hub repo never reaches the disk.
+HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.md"]
+
+
+def previz_home() -> Path:
+    return Path(os.environ.get("PREVIZ_HOME", Path.home() / ".cache" / "previz"))
+
+
+def pack_search_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("PREVIZ_PACKS", "").split(os.pathsep) if p]
+    return dirs + [previz_home() / "packs"]
+
+
+@dataclass(frozen=True)
+class LatentLayout:
+    """How video maps to latents in one latent space.
+
+    ``causal_first_frame`` is the Wan VAE convention: the first latent frame
+    holds a single video frame and each later one holds ``temporal`` frames, so
+    81 frames become 21 latent frames.  Frame-group decoders (the tiny pack's)
+    give every latent frame ``temporal`` frames.
+    """
+
+    space: str
+    channels: int
+    temporal: int
+    spatial: int
+    causal_first_frame: bool = False
+
+    def latent_frames(self, frames: int) -> int:
+        if self.causal_first_frame:
+            return 1 + -(-(frames - 1) // self.temporal)
+        return -(-frames // self.temporal)
+
+    def video_frames(self, latent_frames: int) -> int:
+        if self.causal_first_frame:
+            return 1 + (latent_frames - 1) * self.temporal
+        return latent_frames * self.temporal
+
+    def latent_size(self, width: int, height: int) -> tuple[int, int]:
+        """(latent height, latent width) for a pixel size."""
+        return height // self.spatial, width // self.spatial
+
+
+@dataclass(frozen=True)
+class DraftDefaults:
+    """The native draft settings of a pack: what it was trained to produce."""
+
+    width: int
+    height: int
+    fps: int
+    steps: int
+    shift: float
+    guidance: float = 1.0  # 1.0 = no classifier-free guidance (distilled students)
+    context_frames: int = 1  # clean latent frames carried from one chunk to the next
+    window_frames: int = 4  # latent frames per denoiser call (context + new)
+    max_seconds: float = 20.0
+    size_multiple: int = 16  # latent cell x the denoiser's patch: sizes must divide evenly
+
+
+@dataclass(frozen=True)
+class Component:
+    """One model in a pack.
+
+    ``subfolder`` is relative to the pack root; ``package`` names an installed
+    Python package whose directory holds the files instead (the embedded pack's
+    MiniLM text encoder ships that way).  ``sha256`` maps each weight file,
+    relative to the component's directory, to its hash.
+    """
+
+    name: str
+    cls: str
+    subfolder: str
+    sha256: dict[str, str]
+    package: str | None = None
+    tokenizer_subfolder: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A resolved pack: manifest fields plus the local directory it lives in."""
+
+    id: str
+    kind: str
+    root: Path
+    latent: LatentLayout
+    components: dict[str, Component]
+    trained: bool
+    label: str
+    description: str = ""
+    draft: DraftDefaults | None = None
+    conditioning: dict[str, Any] = field(default_factory=dict)
+    boundary_ratio: float | None = None  # final packs: where the high-noise expert hands over
+    scale: int | None = None  # vsr packs
+
+    def component_dir(self, name: str) -> Path:
+        comp = self.component(name)
+        base = _package_dir(comp.package) if comp.package else self.root
+        return base / comp.subfolder
+
+    def component(self, name: str) -> Component:
+        try:
+            return self.components[name]
+        except KeyError:
+            raise PackError(
+                f"pack {self.id!r} has no component {name!r} (it has: {', '.join(self.components)})",
+                field="pack",
+                value=self.id,
+            ) from None
+
+    def fingerprint(self) -> str:
+        """One hash over every weight hash: changes whenever any weight changes."""
+        h = hashlib.sha256(self.id.encode())
+        for name in sorted(self.components):
+            for fname, digest in sorted(self.components[name].sha256.items()):
+                h.update(f"{name}/{fname}={digest}".encode())
+        return h.hexdigest()
+
+    def recipe_stamp(self) -> dict[str, Any]:
+        """What a draft's recipe records about the pack that made it."""
+        return {
+            "id": self.id,
+            "label": self.label,
+            "trained": self.trained,
+            "latent_space": self.latent.space,
+            "sha256": {n: dict(c.sha256) for n, c in self.components.items()},
+        }
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _require(d: dict[str, Any], key: str, where: str) -> Any:
+    if key not in d:
+        raise PackError(f"{where}: manifest is missing {key!r}")
+    return d[key]
+
+
+def parse_manifest(data: dict[str, Any], root: Path) -> Pack:
+    """Turn manifest JSON into a :class:`Pack`.  Pure: touches no files."""
+    where = str(root / MANIFEST_NAME)
+    if data.get("format") != FORMAT:
+        raise PackError(f"{where}: format is {data.get('format')!r}, expected {FORMAT!r}")
+    kind = _require(data, "kind", where)
+    if kind not in KINDS:
+        raise PackError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    try:
+        latent = LatentLayout(**_require(data, "latent", where))
+        comps: dict[str, Component] = {}
+        for name, c in _require(data, "components", where).items():
+            comps[name] = Component(
+                name=name,
+                cls=c["class"],
+                subfolder=c.get("subfolder", name),
+                sha256=dict(c["sha256"]),
+                package=c.get("package"),
+                tokenizer_subfolder=c.get("tokenizer_subfolder"),
+                options=dict(c.get("options", {})),
+            )
+        draft = DraftDefaults(**data["draft"]) if "draft" in data else None
+    except (TypeError, KeyError) as exc:
+        raise PackError(f"{where}: malformed manifest ({exc})") from None
+    for comp in comps.values():
+        if comp.cls not in DIFFUSERS_CLASSES | TRANSFORMERS_CLASSES:
+            raise PackError(f"{where}: component {comp.name!r} has unsupported class {comp.cls!r}")
+    needed = {
+        "draft": ("denoiser", "decoder", "text_encoder"),
+        "final": ("transformer", "transformer_2", "vae", "text_encoder"),
+        "vsr": ("upscaler",),
+    }[kind]
+    missing = [n for n in needed if n not in comps]
+    if missing:
+        raise PackError(f"{where}: a {kind} pack needs components {', '.join(missing)}")
+    if kind == "draft" and draft is None:
+        raise PackError(f"{where}: a draft pack needs a 'draft' section")
+    if kind == "final" and not 0.0 < float(data.get("boundary_ratio", 0.0)) < 1.0:
+        raise PackError(f"{where}: a final pack needs boundary_ratio in (0, 1)")
+    return Pack(
+        id=_require(data, "id", where),
+        kind=kind,
+        root=root,
+        latent=latent,
+        components=comps,
+        trained=bool(data.get("trained", False)),
+        label=str(data.get("label", "trained" if data.get("trained") else "untrained")),
+        description=str(data.get("description", "")),
+        draft=draft,
+        conditioning=dict(data.get("conditioning", {})),
+        boundary_ratio=data.get("boundary_ratio"),
+        scale=data.get("scale"),
+    )
+
+
+def manifest_dict(pack: Pack) -> dict[str, Any]:
+    """The inverse of :func:`parse_manifest`, for pack builders."""
+    out: dict[str, Any] = {
+        "format": FORMAT,
+        "id": pack.id,
+        "kind": pack.kind,
+        "trained": pack.trained,
+        "label": pack.label,
+        "description": pack.description,
+        "latent": dataclasses.asdict(pack.latent),
+        "conditioning": pack.conditioning,
+        "components": {},
+    }
+    for name, c in pack.components.items():
+        entry: dict[str, Any] = {"class": c.cls, "subfolder": c.subfolder, "sha256": c.sha256}
+        if c.package:
+            entry["package"] = c.package
+        if c.tokenizer_subfolder:
+            entry["tokenizer_subfolder"] = c.tokenizer_subfolder
+        if c.options:
+            entry["options"] = c.options
+        out["components"][name] = entry
+    if pack.draft:
+        out["draft"] = dataclasses.asdict(pack.draft)
+    if pack.boundary_ratio is not None:
+        out["boundary_ratio"] = pack.boundary_ratio
+    if pack.scale is not None:
+        out["scale"] = pack.scale
+    return out
+
+
+def write_manifest(pack: Pack) -> Path:
+    path = pack.root / MANIFEST_NAME
+    path.write_text(json.dumps(manifest_dict(pack), indent=2) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- files and hashes
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_component_dir(directory: Path) -> dict[str, str]:
+    """sha256 of every safetensors file under a component directory."""
+    check_safetensors_only(directory)
+    return {
+        str(p.relative_to(directory)): sha256_file(p) for p in sorted(directory.rglob("*.safetensors"))
+    }
+
+
+def check_safetensors_only(directory: Path) -> None:
+    """Refuse a directory that holds pickle-format weights, or no weights at all."""
+    if not directory.is_dir():
+        raise PackError(f"component directory {directory} does not exist")
+    unsafe = sorted(p for p in directory.rglob("*") if p.suffix.lower() in UNSAFE_SUFFIXES)
+    if unsafe:
+        raise UnsafeWeightsError(
+            f"{unsafe[0]} is not safetensors: previz loads safetensors only, because pickle "
+            f"formats ({', '.join(UNSAFE_SUFFIXES)}) can run code when loaded. "
+            "Convert the weights with safetensors' save_file, then remove the original.",
+            field="pack",
+            value=str(unsafe[0]),
+        )
+    if not any(directory.rglob("*.safetensors")):
+        raise PackError(f"{directory} holds no .safetensors weights")
+
+
+def verify_pack(pack: Pack) -> None:
+    """Check every component's files against the manifest hashes."""
+    for name, comp in pack.components.items():
+        directory = pack.component_dir(name)
+        actual = hash_component_dir(directory)
+        if actual != comp.sha256:
+            diff = sorted(set(actual.items()) ^ set(comp.sha256.items()))
+            raise PackError(
+                f"pack {pack.id!r}: component {name!r} does not match its manifest hashes "
+                f"(first difference: {diff[0][0]}). The files changed after the pack was made.",
+                field="pack",
+                value=pack.id,
+            )
+
+
+def _package_dir(package: str) -> Path:
+    top = package.split("/")[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        raise PackError(
+            f"the Python package {top!r} that holds a pack component is not installed "
+            f"(pip install {top.replace('_', '-')})"
+        )
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*package.split("/")[1:])
+
+
+# --------------------------------------------------------------------------- resolution
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_pack_dir(ref: str) -> Path:
+    """A pack reference (directory, name or hub id) to a local directory."""
+    if not ref or not ref.strip():
+        raise UnknownPackError("pack name is empty", field="pack", value=ref)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    if "/" not in ref and os.sep not in ref:
+        for base in pack_search_dirs():
+            if (base / ref / MANIFEST_NAME).is_file():
+                return base / ref
+    if _HUB_ID.match(ref) and not path.exists():
+        return _snapshot(ref)
+    raise UnknownPackError(
+        f"unknown pack {ref!r}: no such directory, no pack of that name in "
+        f"{', '.join(str(d) for d in pack_search_dirs())}. `previz models` lists the packs here.",
+        field="pack",
+        value=ref,
+    )
+
+
+def _snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:  # local first: a cached pack never touches the network
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
+    except Exception as exc:  # network, auth, missing repo: all one message to the user
+        raise UnknownPackError(
+            f"unknown pack {repo_id!r}: not in the local hub cache and could not be fetched ({type(exc).__name__})",
+            field="pack",
+            value=repo_id,
+        ) from None
+
+
+def load_pack(ref: str, *, verify: bool = True) -> Pack:
+    """Resolve, parse and (by default) hash-check a pack."""
+    root = resolve_pack_dir(ref)
+    manifest = root / MANIFEST_NAME
+    if not manifest.is_file():
+        raise UnknownPackError(
+            f"{root} is not a previz pack: it has no {MANIFEST_NAME}", field="pack", value=ref
+        )
+    try:
+        data = json.loads(manifest.read_text())
+    except json.JSONDecodeError as exc:
+        raise PackError(f"{manifest}: not valid JSON ({exc})") from None
+    pack = parse_manifest(data, root)
+    for name in pack.components:
+        check_safetensors_only(pack.component_dir(name))
+    if verify:
+        verify_pack(pack)
+    return pack
+
+
+def list_packs() -> list[Pack]:
+    """Every pack in the search directories (unverified: listing must be quick)."""
+    found: dict[str, Pack] = {}
+    for base in pack_search_dirs():
+        if not base.is_dir():
+            continue
+        for manifest in sorted(base.glob(f"*/{MANIFEST_NAME}")):
+            try:
+                pack = parse_manifest(json.loads(manifest.read_text()), manifest.parent)
+            except (PackError, json.JSONDecodeError):
+                continue
+            found.setdefault(pack.id, pack)
+    return list(found.values())
+
+
+# --------------------------------------------------------------------------- components
+
+
+def load_component(pack: Pack, name: str, **kwargs: Any) -> Any:
+    """Load one component with its library's own ``from_pretrained``.
+
+    The same call reads a pack written by ``save_pretrained`` in a test, the
+    embedded pack, and a real checkpoint fetched from a hub.
+    """
+    comp = pack.component(name)
+    directory = pack.component_dir(name)
+    check_safetensors_only(directory)
+    if comp.cls in DIFFUSERS_CLASSES:
+        cls = getattr(importlib.import_module("diffusers"), comp.cls)
+    else:
+        cls = getattr(importlib.import_module("transformers"), comp.cls)
+    model = cls.from_pretrained(directory, use_safetensors=True, local_files_only=True, **kwargs)
+    return model.eval()
+
+
+def load_tokenizer(pack: Pack, name: str = "text_encoder") -> Any:
+    from transformers import AutoTokenizer
+
+    comp = pack.component(name)
+    directory = pack.component_dir(name)
+    if comp.tokenizer_subfolder:
+        base = _package_dir(comp.package) if comp.package else pack.root
+        directory = base / comp.tokenizer_subfolder
+    return AutoTokenizer.from_pretrained(directory, local_files_only=True)

@@ -1,0 +1,121 @@
+"""Few-step flow-matching sampling and the chunk plan, as pure functions over a model callable.
+
+Conventions (rectified flow, as Wan and diffusers' FlowMatchEulerDiscreteScheduler):
+``x_sigma = (1 - sigma) * x0 + sigma * noise``; the model predicts the velocity
+``noise - x0`` given the timestep ``1000 * sigma``.
+
+Streaming by chunks (DESIGN.md): a take is a sequence of fixed-size *windows*
+of latent frames.  The first window is all noise.  Every later window starts
+with the last ``context`` latent frames of the previous one, already clean, at
+timestep 0 (Wan 2.2 TI2V's per-token timesteps), and continues with fresh noise.
+Every window has the same shape, so compiled engines see one static shape, and
+the first frames are ready after one window.
+
+A model here is any ``Callable[[x, token_timesteps], velocity]``, k-diffusion
+style: engines, guidance and conditioning are wrapped around it by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
+NUM_TRAIN_TIMESTEPS = 1000.0
+
+
+def flow_sigmas(steps: int, shift: float) -> np.ndarray:
+    """``steps + 1`` noise levels from 1 down to 0, warped by ``shift``.
+
+    Shift > 1 spends more of the few steps at high noise, where a low
+    resolution draft decides its layout (the SD3/Wan time shift).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    sigmas = np.linspace(1.0, 0.0, steps + 1, dtype=np.float64)
+    shifted = shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
+    return shifted.astype(np.float32)
+
+
+def token_timesteps(noise_level: np.ndarray, tokens_per_frame: int) -> np.ndarray:
+    """Per-token timesteps [1, frames * tokens_per_frame] from a per-frame sigma vector.
+
+    Tokens are frame-major after the patch embedding, so each frame's sigma is
+    repeated once per spatial token.
+    """
+    per_frame = np.asarray(noise_level, dtype=np.float32) * NUM_TRAIN_TIMESTEPS
+    return np.repeat(per_frame, tokens_per_frame)[None, :]
+
+
+def guided(cond: Model, uncond: Model, scale: float) -> Model:
+    """Classifier-free guidance, for teachers; distilled students run with scale 1."""
+    if scale == 1.0:
+        return cond
+
+    def model(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        v_u = uncond(x, t)
+        return v_u + scale * (cond(x, t) - v_u)
+
+    return model
+
+
+def sample_window(
+    model: Model,
+    noise: np.ndarray,
+    sigmas: np.ndarray,
+    *,
+    context: np.ndarray | None,
+    tokens_per_frame: int,
+) -> np.ndarray:
+    """Denoise one window with Euler steps along the flow; returns the clean new frames.
+
+    ``noise`` is [B, C, new, h, w]; ``context`` is [B, C, ctx, h, w] clean
+    latents (or None).  The context is held fixed at sigma 0 in every step.
+    """
+    n_ctx = 0 if context is None else context.shape[2]
+    n_new = noise.shape[2]
+    x = noise.astype(np.float32, copy=True)
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        levels = np.concatenate([np.zeros(n_ctx, np.float32), np.full(n_new, sigma, np.float32)])
+        window = x if context is None else np.concatenate([context, x], axis=2)
+        velocity = model(window, token_timesteps(levels, tokens_per_frame))
+        x = x + (sigma_next - sigma) * velocity[:, :, n_ctx:]
+    return x
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One window of a take: which latent frames it adds and which it carries."""
+
+    index: int
+    start: int  # index of the first *new* latent frame in the take
+    new: int  # latent frames denoised in this window
+    keep: int  # of those, how many belong to the take (the last window may overrun)
+    context: int  # clean frames carried from the previous window
+
+
+def plan_chunks(total: int, window: int, context: int) -> list[Chunk]:
+    """Cover ``total`` latent frames with fixed-size windows."""
+    if total < 1:
+        raise ValueError(f"a take needs at least one latent frame, got {total}")
+    if not 0 <= context < window:
+        raise ValueError(f"context ({context}) must be smaller than the window ({window})")
+    chunks = [Chunk(index=0, start=0, new=window, keep=min(window, total), context=0)]
+    start = window
+    while start < total:
+        new = window - context
+        chunks.append(Chunk(index=len(chunks), start=start, new=new, keep=min(new, total - start), context=context))
+        start += new
+    return chunks
+
+
+def chunk_noise(seed: int, chunk: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Gaussian noise for one chunk: a function of (seed, chunk) alone.
+
+    Independent of backend and of how many chunks a take has, so changing the
+    length of a take never changes its beginning.
+    """
+    rng = np.random.Generator(np.random.PCG64([seed, chunk]))
+    return rng.standard_normal(shape, dtype=np.float32)

@@ -1,0 +1,187 @@
+"""A take: recipe in, 30 fps frames out, chunk by chunk.
+
+:class:`DraftModel` holds what is expensive to set up (the text encoder and the
+two engines for one pack, backend and size).  :meth:`DraftModel.generate` is a
+generator: each window is denoised, then decoded one latent frame at a time,
+and frames are yielded as soon as they exist.  A caller stops a take by
+setting ``cancel`` (checked between chunks) or by simply not asking for more.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from engines import Engine, create_engine
+from previz.draft_graphs import build_decoder_graph, build_denoiser_graph
+from previz.packs import Pack, previz_home
+from previz.recipe import Recipe, frame_count, resolve
+from previz.sampler import Chunk, chunk_noise, flow_sigmas, guided, plan_chunks, sample_window
+from previz.text import TextEncoder
+
+
+def default_cache_dir() -> Path:
+    return previz_home() / "cache"
+
+
+def previz_version() -> str:
+    try:
+        return importlib.metadata.version("previz")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # position in the take, from 0
+    chunk: int
+    pts: int  # presentation time in 1/fps units
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    last: bool
+
+
+@dataclass
+class TakeStats:
+    """What a take cost, filled in as it runs (read it after iterating)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    first_frame_s: float | None = None
+    denoiser_calls: int = 0
+    decoder_calls: int = 0
+    chunks_done: int = 0
+    frames: int = 0
+
+
+class DraftModel:
+    def __init__(
+        self,
+        pack: Pack,
+        backend: str = "torch",
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        cache_dir: Path | None = None,
+        text: TextEncoder | None = None,
+        **engine_options: Any,
+    ) -> None:
+        if pack.draft is None:
+            raise ValueError(f"pack {pack.id!r} is not a draft pack")
+        self.pack = pack
+        self.backend = backend
+        self.width = width or pack.draft.width
+        self.height = height or pack.draft.height
+        self.fps = pack.draft.fps
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.text = text or TextEncoder(pack)
+        self.denoiser_graph, self.tokens_per_frame = build_denoiser_graph(
+            pack, self.width, self.height, text_tokens=self.text.tokens, text_dim=self.text.dim
+        )
+        self.decoder_graph = build_decoder_graph(pack, self.width, self.height)
+        self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)
+        self.decoder: Engine = create_engine(backend, self.decoder_graph, self.cache_dir, **engine_options)
+
+    def warmup(self) -> None:
+        self.denoiser.warmup()
+        self.decoder.warmup()
+
+    def close(self) -> None:
+        self.denoiser.close()
+        self.decoder.close()
+
+    def engine_info(self) -> dict[str, Any]:
+        return {
+            name: {"backend": e.info.backend, "device": e.info.device, "precision": e.info.precision,
+                   "providers": list(e.info.providers)}
+            for name, e in (("denoiser", self.denoiser), ("decoder", self.decoder))
+        }
+
+    def metadata(self, recipe: Recipe) -> dict[str, Any]:
+        """What a written take records: the recipe plus the pack and engines behind it."""
+        return {
+            "previz": previz_version(),
+            "recipe": recipe.to_dict(),
+            "pack": self.pack.recipe_stamp(),
+            "fps": self.fps,
+            "frames": frame_count(recipe, self.fps),
+            "engines": self.engine_info(),
+        }
+
+    # ------------------------------------------------------------------ generation
+
+    def _model(self, prompt_states: np.ndarray, stats: TakeStats) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        def model(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            stats.denoiser_calls += 1
+            return self.denoiser.run({"latents": x, "timesteps": t, "text": prompt_states})["velocity"]
+
+        return model
+
+    def generate(
+        self,
+        recipe: Recipe,
+        *,
+        cancel: threading.Event | None = None,
+        on_chunk: Callable[[Chunk, np.ndarray], None] | None = None,
+        stats: TakeStats | None = None,
+    ) -> Iterator[Frame]:
+        """Frames of one take, in order.  ``on_chunk`` receives each chunk's kept latents."""
+        recipe = resolve(recipe, self.pack)
+        if (recipe.width, recipe.height) != (self.width, self.height):
+            raise ValueError(
+                f"this DraftModel runs at {self.width}x{self.height}; the recipe asks {recipe.width}x{recipe.height}"
+            )
+        assert self.pack.draft is not None and recipe.steps is not None and recipe.shift is not None
+        stats = stats if stats is not None else TakeStats()
+        layout = self.pack.latent
+        total_frames = frame_count(recipe, self.fps)
+        total_latents = layout.latent_frames(total_frames)
+        chunks = plan_chunks(total_latents, self.pack.draft.window_frames, self.pack.draft.context_frames)
+        sigmas = flow_sigmas(recipe.steps, recipe.shift)
+        lat_h, lat_w = layout.latent_size(self.width, self.height)
+
+        model = self._model(self.text(recipe.prompt), stats)
+        if recipe.guidance and recipe.guidance != 1.0:
+            model = guided(model, self._model(self.text(recipe.negative_prompt), stats), recipe.guidance)
+
+        emitted = 0
+        previous: np.ndarray | None = None  # clean latents of the last window
+        for chunk in chunks:
+            if cancel is not None and cancel.is_set():
+                return
+            noise = chunk_noise(recipe.seed, chunk.index, (1, layout.channels, chunk.new, lat_h, lat_w))
+            context = None if chunk.context == 0 or previous is None else previous[:, :, -chunk.context:]
+            clean = sample_window(model, noise, sigmas, context=context, tokens_per_frame=self.tokens_per_frame)
+            previous = clean if context is None else np.concatenate([context, clean], axis=2)
+            kept = clean[:, :, : chunk.keep]
+            if on_chunk is not None:
+                on_chunk(chunk, kept)
+            for j in range(chunk.keep):
+                latent_index = chunk.start + j
+                images = self.decoder.run({"latents": np.ascontiguousarray(kept[:, :, j])})["frames"]
+                stats.decoder_calls += 1
+                if layout.causal_first_frame and latent_index == 0:
+                    images = images[-1:]  # the first causal latent frame holds one video frame
+                for image in images:
+                    if emitted == total_frames:
+                        break
+                    if stats.first_frame_s is None:
+                        stats.first_frame_s = time.perf_counter() - stats.started
+                    yield Frame(
+                        index=emitted,
+                        chunk=chunk.index,
+                        pts=emitted,
+                        image=to_uint8(image),
+                        last=emitted == total_frames - 1,
+                    )
+                    emitted += 1
+                    stats.frames = emitted
+            stats.chunks_done += 1
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
