@@ -8,6 +8,7 @@ Runtime runs it, TensorRT builds plans from it.  The dynamo exporter handles
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,10 @@ from engines.cache import atomic_write
 from engines.graphs import Graph
 
 OPSET = 18
+
+# The exporter warns that torchvision's detection ops are unavailable; we export
+# no torchvision op, so that note is noise in a filmmaker's terminal.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 def onnx_dir(cache_dir: Path, graph: Graph) -> Path:

@@ -73,6 +73,9 @@ class OrtEngine:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # The take loop alternates two sessions (denoiser, decoder) with numpy
+        # work between runs; spinning pool threads would steal those cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(

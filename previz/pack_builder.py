@@ -97,3 +97,34 @@ def build_draft_pack(
     )
     write_manifest(pack)
     return pack
+
+
+# ----------------------------------------------------------------------------- the embedded pack
+
+TINY_PACK_ID = "previz-tiny"
+# Wan 2.1's latent layout (16 channels, 4x8x8) so the stock WanPipeline can run
+# the same denoiser weights in tools/bench_draft.py; the latent *space* is the
+# pack's own, because its decoder is not the Wan VAE.
+TINY_LATENT = LatentLayout(space="previz-tiny-v0", channels=16, temporal=4, spatial=8, causal_first_frame=False)
+TINY_DRAFT = DraftDefaults(
+    width=256, height=144, fps=30, steps=2, shift=5.0, guidance=1.0,
+    context_frames=1, window_frames=4, max_seconds=20.0, size_multiple=16,
+)
+# ~4M parameters: sized so that 2 CPU cores draft faster than real time.
+TINY_TRANSFORMER: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=6, attention_head_dim=32, freq_dim=64,
+    ffn_dim=768, num_layers=6, rope_max_seq_len=1024,
+)
+TINY_DECODER: dict[str, Any] = dict(
+    encoder_block_out_channels=(32, 32, 32, 32), decoder_block_out_channels=(32, 32, 32, 32),
+    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+)
+
+
+def build_tiny_pack(root: Path, seed: int = 0) -> Pack:
+    """The embedded pack: deterministic, seeded and UNTRAINED (its drafts are noise)."""
+    return build_draft_pack(
+        root, pack_id=TINY_PACK_ID, latent=TINY_LATENT, draft=TINY_DRAFT, transformer=TINY_TRANSFORMER,
+        decoder=TINY_DECODER, text_tokens=64, seed=seed, trained=False,
+        description="Deterministic seeded weights, UNTRAINED: drafts are noise until the backlot pack lands.",
+    )

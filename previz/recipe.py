@@ -66,16 +66,21 @@ def _integer(field: str, value: Any) -> int:
     return value
 
 
+def check_prompt(field: str, prompt: Any) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise _bad(field, prompt, "the prompt is empty; describe the shot")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise _bad(field, prompt, f"at most {MAX_PROMPT_CHARS} characters")
+    return prompt
+
+
 def resolve(recipe: Recipe, pack: Pack) -> Recipe:
     """The recipe with the pack's defaults filled in, every field checked."""
     draft = pack.draft
     if draft is None:
         raise _bad("pack", pack.id, "is not a draft pack")
 
-    if not isinstance(recipe.prompt, str) or not recipe.prompt.strip():
-        raise _bad("prompt", recipe.prompt, "the prompt is empty; describe the shot")
-    if len(recipe.prompt) > MAX_PROMPT_CHARS:
-        raise _bad("prompt", recipe.prompt, f"at most {MAX_PROMPT_CHARS} characters")
+    check_prompt("prompt", recipe.prompt)
     if not isinstance(recipe.negative_prompt, str) or len(recipe.negative_prompt) > MAX_PROMPT_CHARS:
         raise _bad("negative_prompt", recipe.negative_prompt, f"a string of at most {MAX_PROMPT_CHARS} characters")
 

@@ -29,7 +29,6 @@ def metadata_tags(meta: dict[str, Any]) -> dict[str, str]:
         "title": f"previz draft: {meta.get('recipe', {}).get('prompt', '')}"[:200],
         RECIPE_TAG: json.dumps(meta, sort_keys=True, separators=(",", ":")),
         "description": f"previz {meta.get('previz', '')}; pack {pack.get('id', '?')} ({label})",
-        "encoder": "previz",
     }
 
 

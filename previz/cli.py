@@ -1,0 +1,222 @@
+"""`previz draft | models | export | build-engine`.
+
+Every user error is a :class:`PrevizError`: printed as one line, exit status 2,
+no traceback.  Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from previz.errors import PrevizError, UnknownPackError
+from previz.recipe import DEFAULT_PACK, Recipe
+
+EXIT_USER_ERROR = 2
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, exporter notes) is not for a filmmaker's terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def open_pack(ref: str, say: Callable[[str], None]) -> Any:
+    """Load a pack; the embedded default is built on first use instead of failing."""
+    from previz.pack_builder import TINY_PACK_ID, build_tiny_pack
+    from previz.packs import load_pack, pack_search_dirs
+
+    try:
+        pack = load_pack(ref)
+    except UnknownPackError:
+        if ref != TINY_PACK_ID:
+            raise
+        target = pack_search_dirs()[-1] / TINY_PACK_ID
+        say(f"building the embedded pack {TINY_PACK_ID} in {target} (one time, a few seconds)")
+        build_tiny_pack(target)
+        pack = load_pack(ref)
+    if not pack.trained:
+        say(f"note: pack {pack.id} is {pack.label.upper()}: its drafts are noise, not pictures")
+    return pack
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_draft(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from previz.recipe import check_prompt, frame_count, resolve
+    from previz.take import DraftModel, TakeStats
+    from previz.video import write_mp4
+
+    recipe = Recipe(
+        prompt=args.prompt,
+        seed=args.seed,
+        seconds=args.seconds,
+        width=args.width,
+        height=args.height,
+        steps=args.steps,
+        negative_prompt=args.negative_prompt,
+        pack=args.pack,
+        backend=args.backend,
+    )
+    check_prompt("prompt", recipe.prompt)  # before loading anything: fail fast
+    pack = open_pack(args.pack, _say)
+    recipe = resolve(recipe, pack)
+    model = DraftModel(pack, recipe.backend, width=recipe.width, height=recipe.height)
+    model.warmup()  # first-call initialisation is set-up, not part of the take
+    total = frame_count(recipe, model.fps)
+    stats = TakeStats()
+    frames = model.generate(recipe, stats=stats)
+    bar = tqdm(total=total, unit="frame", desc="draft", file=sys.stderr, disable=args.quiet)
+
+    def images() -> Any:
+        for frame in frames:
+            bar.update(1)
+            yield frame.image
+
+    written = write_mp4(args.output, images(), fps=model.fps, meta=model.metadata(recipe))
+    bar.close()
+    elapsed = bar.format_dict["elapsed"] or 1e-9
+    fps = written / elapsed
+    _say(
+        f"wrote {args.output}: {written} frames at {model.fps} fps ({written / model.fps:.2f} s) "
+        f"in {elapsed:.2f} s = {fps:.1f} fps, {fps / model.fps:.2f}x real time, "
+        f"first frame after {1000 * (stats.first_frame_s or 0):.0f} ms "
+        f"[{recipe.backend}: {', '.join(model.denoiser.info.providers)}; pack {pack.id}, {pack.label}]"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from engines import available_backends, cuda_device_name
+    from previz.packs import list_packs, pack_search_dirs
+
+    packs = list_packs()
+    print("packs:")
+    if not packs:
+        print(f"  (none yet; the embedded {DEFAULT_PACK} is built on first use)")
+    for p in packs:
+        size = f"{p.draft.width}x{p.draft.height} @ {p.draft.fps} fps" if p.draft else ""
+        print(f"  {p.id:<20} {p.kind:<6} {p.label:<10} {p.latent.space:<16} {size}  {p.root}")
+    print(f"  searched: {', '.join(str(d) for d in pack_search_dirs())}")
+    print("backends:")
+    for name, reason in available_backends().items():
+        print(f"  {name:<12} {'available' if reason is None else 'unavailable: ' + reason}")
+    print(f"gpu: {cuda_device_name() or 'none found'}")
+    return 0
+
+
+def _draft_graphs(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    from previz.draft_graphs import build_decoder_graph, build_denoiser_graph
+    from previz.recipe import resolve
+    from previz.text import TextEncoder
+
+    pack = open_pack(args.pack, _say)
+    recipe = resolve(Recipe(prompt="-", width=args.width, height=args.height, pack=args.pack), pack)
+    tokens = int(pack.conditioning.get("text", {}).get("tokens", 64))
+    dim = int(pack.conditioning.get("text", {}).get("dim", 0)) or TextEncoder(pack).dim
+    assert recipe.width and recipe.height
+    denoiser, _ = build_denoiser_graph(pack, recipe.width, recipe.height, text_tokens=tokens, text_dim=dim)
+    return pack, [denoiser, build_decoder_graph(pack, recipe.width, recipe.height)]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engines.export import export_onnx
+    from previz.take import default_cache_dir
+
+    _, graphs = _draft_graphs(args)
+    for graph in graphs:
+        path = export_onnx(graph, args.cache_dir or default_cache_dir())
+        print(f"{graph.name}: {path}  [{graph.shape_profile()}]")
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from engines import available_backends
+    from previz.errors import BackendUnavailableError
+    from previz.take import default_cache_dir
+
+    reason = available_backends()["tensorrt"]
+    if reason:
+        raise BackendUnavailableError(f"cannot build TensorRT engines here: {reason}", field="backend", value="tensorrt")
+    from engines.tensorrt_backend import ensure_plan
+
+    _, graphs = _draft_graphs(args)
+    for graph in graphs:
+        _, key = ensure_plan(graph, args.cache_dir or default_cache_dir(), args.precision)
+        print(f"{graph.name}: engine {key} ({args.precision}) [{graph.shape_profile()}]")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="previz", description="Fast previsualisation: live drafts, 4K finals.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("draft", help="render one draft take to an MP4")
+    d.add_argument("prompt", help="what the shot shows")
+    d.add_argument("--seconds", type=float, default=4.0, help="take length (default 4)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--backend", default="torch", help="torch | onnxruntime | tensorrt (default torch)")
+    d.add_argument("--pack", default=DEFAULT_PACK, help="pack name, directory or hub id")
+    d.add_argument("--width", type=int, default=None, help="default: the pack's draft width")
+    d.add_argument("--height", type=int, default=None, help="default: the pack's draft height")
+    d.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pack's)")
+    d.add_argument("--negative-prompt", default="")
+    d.add_argument("-o", "--output", type=Path, default=Path("take.mp4"))
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_draft)
+
+    m = sub.add_parser("models", help="list packs and the backends this machine can run")
+    m.set_defaults(func=cmd_models)
+
+    for name, func, help_ in (
+        ("export", cmd_export, "export a pack's draft graphs to ONNX"),
+        ("build-engine", cmd_build_engine, "build TensorRT engines for a pack (needs a CUDA GPU)"),
+    ):
+        e = sub.add_parser(name, help=help_)
+        e.add_argument("--pack", default=DEFAULT_PACK)
+        e.add_argument("--width", type=int, default=None)
+        e.add_argument("--height", type=int, default=None)
+        e.add_argument("--cache-dir", type=Path, default=None)
+        if name == "build-engine":
+            e.add_argument("--precision", default="fp16", choices=["fp16", "fp32"])
+        e.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return int(args.func(args))
+    except PrevizError as exc:
+        print(f"previz: error: {exc.message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("previz: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
