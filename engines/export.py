@@ -107,7 +107,7 @@ def to_fp16(src: Path, dst: Path) -> Path:
     graph, not in a builder flag, so fp16 engines are built from this file.
     """
     import onnx
-    from onnxconverter_common import float16
+    from onnxruntime.transformers import float16  # ORT's copy knows Resize's fp32 scales
 
     model = onnx.load(str(src))
     # Normalisations and the softmax stay fp32: their reductions overflow in fp16.

@@ -108,6 +108,12 @@ def build_decoder_graph(pack: Pack, width: int, height: int) -> Graph:
             f"{expected} output channels ({layout.temporal} RGB frames), it maps "
             f"{autoencoder.config.latent_channels} to {autoencoder.config.out_channels}"
         )
+    cfg = autoencoder.config
+    upsampling = cfg.upsampling_scaling_factor ** (len(cfg.num_decoder_blocks) - 1)
+    if upsampling != layout.spatial:
+        raise PackError(
+            f"pack {pack.id!r}: the draft decoder upsamples {upsampling}x, the latent layout says {layout.spatial}x"
+        )
     lat_h, lat_w = layout.latent_size(width, height)
     return Graph(
         name="decoder",

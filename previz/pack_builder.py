@@ -7,6 +7,7 @@ checkpoint directory would.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def build_draft_pack(
     latent: LatentLayout,
     draft: DraftDefaults,
     transformer: dict[str, Any],
-    decoder: dict[str, Any],
+    decoder_channels: int,
     text_tokens: int = 64,
     seed: int = 0,
     trained: bool = False,
@@ -67,11 +68,18 @@ def build_draft_pack(
         in_channels=latent.channels, out_channels=latent.channels, text_dim=MINILM_DIM, **transformer
     ).save_pretrained(root / "transformer", safe_serialization=True)
     torch.manual_seed(seed + 1)
+    # One 2x upsampling stage per octave of spatial compression (TAESD's shape).
+    stages = int(math.log2(latent.spatial)) + 1
+    if 2 ** (stages - 1) != latent.spatial:
+        raise ValueError(f"spatial compression must be a power of two, got {latent.spatial}")
     AutoencoderTiny(
         in_channels=3 * latent.temporal,
         out_channels=3 * latent.temporal,
         latent_channels=latent.channels,
-        **decoder,
+        encoder_block_out_channels=(decoder_channels,) * stages,
+        decoder_block_out_channels=(decoder_channels,) * stages,
+        num_encoder_blocks=(1,) * stages,
+        num_decoder_blocks=(1,) * stages,
     ).save_pretrained(root / "decoder", safe_serialization=True)
     components = {
         "denoiser": Component("denoiser", "WanTransformer3DModel", "transformer", hash_component_dir(root / "transformer")),
@@ -115,16 +123,13 @@ TINY_TRANSFORMER: dict[str, Any] = dict(
     patch_size=(1, 2, 2), num_attention_heads=6, attention_head_dim=32, freq_dim=64,
     ffn_dim=768, num_layers=6, rope_max_seq_len=1024,
 )
-TINY_DECODER: dict[str, Any] = dict(
-    encoder_block_out_channels=(32, 32, 32, 32), decoder_block_out_channels=(32, 32, 32, 32),
-    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
-)
+TINY_DECODER_CHANNELS = 32
 
 
 def build_tiny_pack(root: Path, seed: int = 0) -> Pack:
     """The embedded pack: deterministic, seeded and UNTRAINED (its drafts are noise)."""
     return build_draft_pack(
         root, pack_id=TINY_PACK_ID, latent=TINY_LATENT, draft=TINY_DRAFT, transformer=TINY_TRANSFORMER,
-        decoder=TINY_DECODER, text_tokens=64, seed=seed, trained=False,
+        decoder_channels=TINY_DECODER_CHANNELS, text_tokens=64, seed=seed, trained=False,
         description="Deterministic seeded weights, UNTRAINED: drafts are noise until the backlot pack lands.",
     )

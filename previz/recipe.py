@@ -19,7 +19,7 @@ from previz.packs import Pack
 DEFAULT_PACK = "previz-tiny"
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
-MIN_SIZE, MAX_SIZE = 64, 3840
+MIN_SIZE, MAX_SIZE = 32, 3840
 MAX_STEPS = 50
 
 

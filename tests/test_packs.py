@@ -1,0 +1,167 @@
+"""Packs: the loader reads save_pretrained directories and hub snapshots through one path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from conftest import TEST_LATENT, make_test_pack
+from previz.errors import PackError, UnknownPackError, UnsafeWeightsError
+from previz.packs import (
+    MANIFEST_NAME,
+    LatentLayout,
+    load_component,
+    load_pack,
+    manifest_dict,
+    parse_manifest,
+)
+
+
+def test_save_pretrained_dir_loads_by_path_and_by_name(test_pack, tmp_path):
+    pack = load_pack(str(test_pack.root))
+    assert pack.id == "previz-test" and pack.kind == "draft"
+    assert pack.label == "untrained" and pack.trained is False
+    denoiser = load_component(pack, "denoiser")
+    assert type(denoiser).__name__ == "WanTransformer3DModel"
+    assert denoiser.config.num_layers == 2
+    decoder = load_component(pack, "decoder")
+    assert type(decoder).__name__ == "AutoencoderTiny"
+    assert load_pack("previz-test").root == test_pack.root
+
+
+def _hub_cache(tmp_path: Path, repo_id: str, source: Path) -> Path:
+    """A hub cache as huggingface_hub lays it out after a download."""
+    cache = tmp_path / "hub"
+    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(source, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    return cache
+
+
+def test_hub_id_resolves_through_snapshot_download_offline(test_pack, tmp_path, monkeypatch):
+    cache = _hub_cache(tmp_path, "someone/previz-test", test_pack.root)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    pack = load_pack("someone/previz-test")
+    assert pack.id == test_pack.id
+    assert "snapshots" in str(pack.root)
+    assert load_component(pack, "denoiser").config.num_layers == 2
+
+
+def test_unknown_pack_names_the_value():
+    with pytest.raises(UnknownPackError, match="no-such-pack"):
+        load_pack("no-such-pack")
+    with pytest.raises(UnknownPackError, match="empty"):
+        load_pack("  ")
+
+
+def test_unknown_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(UnknownPackError, match="nobody/nothing"):
+        load_pack("nobody/nothing")
+
+
+@pytest.fixture
+def pack_copy(test_pack, tmp_path) -> Path:
+    root = tmp_path / "copy"
+    shutil.copytree(test_pack.root, root)
+    return root
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "weights.pt", "model.ckpt", "x.pth"])
+def test_pickle_weights_are_refused(pack_copy, name):
+    (pack_copy / "transformer" / name).write_bytes(b"not really a pickle")
+    with pytest.raises(UnsafeWeightsError, match=name):
+        load_pack(str(pack_copy))
+
+
+def test_component_without_safetensors_is_refused(pack_copy):
+    (pack_copy / "decoder" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(PackError, match="no .safetensors"):
+        load_pack(str(pack_copy))
+
+
+def test_changed_weights_fail_the_hash_check(pack_copy):
+    target = pack_copy / "decoder" / "diffusion_pytorch_model.safetensors"
+    save_file({"x": np.zeros(3, np.float32)}, str(target))
+    with pytest.raises(PackError, match="does not match its manifest"):
+        load_pack(str(pack_copy))
+
+
+def test_directory_without_manifest_is_not_a_pack(tmp_path):
+    with pytest.raises(UnknownPackError, match=MANIFEST_NAME):
+        load_pack(str(tmp_path))
+
+
+def test_manifest_round_trip_and_class_allowlist(test_pack):
+    data = manifest_dict(test_pack)
+    assert parse_manifest(json.loads(json.dumps(data)), test_pack.root) == test_pack
+    data["components"]["denoiser"]["class"] = "os.system"
+    with pytest.raises(PackError, match="unsupported class"):
+        parse_manifest(data, test_pack.root)
+
+
+def test_final_and_vsr_packs_are_described_the_same_way(tmp_path):
+    final = {
+        "format": "previz-pack/1", "id": "wan22-a14b", "kind": "final", "trained": True,
+        "latent": {"space": "wan2.1", "channels": 16, "temporal": 4, "spatial": 8, "causal_first_frame": True},
+        "boundary_ratio": 0.875,
+        "components": {
+            name: {"class": cls, "subfolder": name, "sha256": {}}
+            for name, cls in [("transformer", "WanTransformer3DModel"), ("transformer_2", "WanTransformer3DModel"),
+                              ("vae", "AutoencoderKLWan"), ("text_encoder", "UMT5EncoderModel")]
+        },
+    }
+    pack = parse_manifest(final, tmp_path)
+    assert pack.boundary_ratio == 0.875 and pack.latent.latent_frames(81) == 21
+    final["boundary_ratio"] = 1.5
+    with pytest.raises(PackError, match="boundary_ratio"):
+        parse_manifest(final, tmp_path)
+    del final["components"]["transformer_2"]
+    final["boundary_ratio"] = 0.9
+    with pytest.raises(PackError, match="transformer_2"):
+        parse_manifest(final, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "layout, frames, latents",
+    [
+        (LatentLayout("wan2.1", 16, 4, 8, causal_first_frame=True), 81, 21),
+        (LatentLayout("wan2.2-ti2v", 48, 4, 16, causal_first_frame=True), 121, 31),
+        (TEST_LATENT, 120, 30),
+        (TEST_LATENT, 121, 31),
+    ],
+)
+def test_latent_layout_frame_math(layout, frames, latents):
+    assert layout.latent_frames(frames) == latents
+    assert layout.video_frames(latents) >= frames
+
+
+def test_a_pack_with_another_latent_layout_drafts_without_code_changes(tmp_path, cache_dir):
+    """48 channels, 16x spatial, 2 frames per latent: nothing downstream hard-codes Wan 2.1."""
+    from conftest import TEST_DRAFT
+    import dataclasses
+
+    from previz.recipe import Recipe
+    from previz.take import DraftModel
+
+    layout = LatentLayout(space="other-v0", channels=48, temporal=2, spatial=16)
+    draft = dataclasses.replace(TEST_DRAFT, width=64, height=32, size_multiple=32)
+    make_test_pack(tmp_path / "other", pack_id="other", latent=layout, draft=draft,
+                   transformer=dict(TEST_TRANSFORMER_SMALL))
+    pack = load_pack(str(tmp_path / "other"))
+    model = DraftModel(pack, "torch", cache_dir=cache_dir)
+    frames = list(model.generate(Recipe(prompt="a tree", seconds=0.5, pack=str(pack.root))))
+    assert len(frames) == 15
+    assert frames[0].image.shape == (32, 64, 3)
+
+
+TEST_TRANSFORMER_SMALL = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, freq_dim=16,
+                              ffn_dim=32, num_layers=1)
