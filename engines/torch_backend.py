@@ -33,7 +33,7 @@ class TorchEngine:
 
     @torch.inference_mode()
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[k])).to(self.device) for k in self.graph.inputs]
+        args = [torch.from_numpy(_writable(inputs[k])).to(self.device) for k in self.graph.inputs]
         out = self._fn(*args)
         return {self.graph.output: out.float().cpu().numpy()}
 
@@ -42,6 +42,12 @@ class TorchEngine:
 
     def close(self) -> None:
         self._fn = None  # type: ignore[assignment]
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """torch.from_numpy shares memory and warns on read-only arrays (cached text states)."""
+    a = np.ascontiguousarray(a)
+    return a if a.flags.writeable else a.copy()
 
 
 def create(graph: Graph, cache_dir: Path, **options: object) -> TorchEngine:

@@ -1,0 +1,119 @@
+"""Takes: deterministic, chunked, streamed, cancellable."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from previz.errors import InvalidRecipeError
+from previz.recipe import Recipe, resolve
+from previz.take import TakeStats
+
+
+def frames_of(model, recipe, **kw):
+    return np.stack([f.image for f in model.generate(recipe, **kw)])
+
+
+def test_same_recipe_and_seed_give_identical_frames(torch_model, test_pack, cache_dir, text_encoder):
+    from previz.take import DraftModel
+
+    recipe = Recipe(prompt="a red cube on a sandy plain", seed=7, seconds=0.5)
+    first = frames_of(torch_model, recipe)
+    again = frames_of(torch_model, recipe)
+    fresh = frames_of(DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder), recipe)
+    assert np.array_equal(first, again) and np.array_equal(first, fresh)
+    assert first.std() > 0  # not a constant picture
+    assert not np.array_equal(first, frames_of(torch_model, Recipe(prompt=recipe.prompt, seed=8, seconds=0.5)))
+
+
+def test_a_longer_take_starts_with_the_shorter_one(torch_model):
+    short = frames_of(torch_model, Recipe(prompt="rain on a window", seed=3, seconds=0.4))
+    long = frames_of(torch_model, Recipe(prompt="rain on a window", seed=3, seconds=1.0))
+    assert np.array_equal(long[: len(short)], short)
+
+
+def test_frames_count_index_and_pts(torch_model):
+    frames = list(torch_model.generate(Recipe(prompt="a desert road", seed=1, seconds=1.0)))
+    assert len(frames) == 30
+    assert [f.index for f in frames] == list(range(30)) == [f.pts for f in frames]
+    assert [f.last for f in frames] == [False] * 29 + [True]
+    assert frames[0].image.shape == (32, 64, 3) and frames[0].image.dtype == np.uint8
+    assert sorted({f.chunk for f in frames}) == list(range(frames[-1].chunk + 1))
+
+
+def test_first_frames_arrive_before_the_last_chunk_is_computed(torch_model):
+    stats = TakeStats()
+    recipe = Recipe(prompt="a tall ship", seed=2, seconds=2.0)
+    frames = torch_model.generate(recipe, stats=stats)
+    first = next(frames)
+    assert first.index == 0
+    assert stats.chunks_done == 0  # the first chunk is still being decoded
+    calls_at_first_frame = stats.denoiser_calls
+    rest = list(frames)
+    assert len(rest) == 59
+    assert stats.chunks_done > 1
+    assert calls_at_first_frame < stats.denoiser_calls
+    assert calls_at_first_frame == recipe_steps(torch_model)  # exactly one window so far
+
+
+def recipe_steps(model) -> int:
+    return model.pack.draft.steps
+
+
+def test_cancel_stops_at_the_next_chunk_boundary(torch_model):
+    cancel = threading.Event()
+    stats = TakeStats()
+    got = []
+    for frame in torch_model.generate(Recipe(prompt="a storm", seconds=3.0), cancel=cancel, stats=stats):
+        got.append(frame)
+        if frame.index == 0:
+            cancel.set()
+    assert stats.chunks_done == 1
+    assert 0 < len(got) < 90
+    assert got[-1].chunk == 0
+
+
+def test_on_chunk_receives_the_kept_latents(torch_model, test_pack):
+    latents = []
+    frames = list(torch_model.generate(Recipe(prompt="fog", seconds=1.0), on_chunk=lambda c, z: latents.append(z)))
+    total = np.concatenate(latents, axis=2)
+    assert total.shape[2] == test_pack.latent.latent_frames(len(frames))
+    assert total.shape[1] == test_pack.latent.channels
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(prompt=""), "prompt"),
+        (dict(prompt="   "), "prompt"),
+        (dict(prompt="x" * 1_000_000), "prompt"),
+        (dict(seconds=0), "seconds"),
+        (dict(seconds=-1), "seconds"),
+        (dict(seconds=99), "seconds"),
+        (dict(seconds=float("nan")), "seconds"),
+        (dict(width=100), "width"),
+        (dict(height=40), "height"),
+        (dict(width=8192), "width"),
+        (dict(seed=-1), "seed"),
+        (dict(seed="7"), "seed"),
+        (dict(steps=0), "steps"),
+        (dict(guidance=0.5), "guidance"),
+    ],
+)
+def test_bad_recipes_name_the_field_and_value(test_pack, change, field):
+    recipe = Recipe(**{"prompt": "a cube", **change})
+    with pytest.raises(InvalidRecipeError) as err:
+        resolve(recipe, test_pack)
+    assert err.value.field == field
+    assert err.value.message.startswith(f"{field} = ")
+    assert len(err.value.message) < 300  # even a 1 MB prompt gives a short message
+
+
+def test_resolve_fills_the_pack_defaults(test_pack):
+    r = resolve(Recipe(prompt="a cube"), test_pack)
+    assert (r.width, r.height, r.steps) == (64, 32, 2)
+    assert Recipe.from_dict(r.to_dict()) == r
+    with pytest.raises(InvalidRecipeError, match="unknown recipe field 'colour'"):
+        Recipe.from_dict({**r.to_dict(), "colour": "red"})
