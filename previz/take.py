@@ -56,6 +56,8 @@ class TakeStats:
     decoder_calls: int = 0
     chunks_done: int = 0
     frames: int = 0
+    denoise_s: float = 0.0  # wall time inside the denoiser engine
+    decode_s: float = 0.0  # wall time inside the decoder engine
 
 
 class DraftModel:
@@ -116,8 +118,11 @@ class DraftModel:
 
     def _model(self, prompt_states: np.ndarray, stats: TakeStats) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         def model(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            start = time.perf_counter()
+            velocity = self.denoiser.run({"latents": x, "timesteps": t, "text": prompt_states})["velocity"]
             stats.denoiser_calls += 1
-            return self.denoiser.run({"latents": x, "timesteps": t, "text": prompt_states})["velocity"]
+            stats.denoise_s += time.perf_counter() - start
+            return velocity
 
         return model
 
@@ -162,8 +167,10 @@ class DraftModel:
                 on_chunk(chunk, kept)
             for j in range(chunk.keep):
                 latent_index = chunk.start + j
+                start = time.perf_counter()
                 images = self.decoder.run({"latents": np.ascontiguousarray(kept[:, :, j])})["frames"]
                 stats.decoder_calls += 1
+                stats.decode_s += time.perf_counter() - start
                 if layout.causal_first_frame and latent_index == 0:
                     images = images[-1:]  # the first causal latent frame holds one video frame
                 for image in images:
