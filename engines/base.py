@@ -10,15 +10,15 @@ import ctypes
 import functools
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from previz.errors import BackendUnavailableError
-
 from engines.graphs import Graph
+from previz.errors import BackendUnavailableError
 
 # name -> module; each module exposes `unavailable_reason() -> str | None` and
 # `create(graph, cache_dir, **options) -> Engine`.

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
-from previz.errors import EngineCacheError
-
 from engines.cache import atomic_write
 from engines.graphs import Graph
+from previz.errors import EngineCacheError
 
 OPSET = 18
 

@@ -9,17 +9,17 @@ Python API: strongly typed networks (precision lives in the ONNX graph),
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
-
-from previz.errors import BackendUnavailableError
 
 from engines.base import EngineInfo, cuda_device_name, module_installed, warmup_with_examples
 from engines.cache import EngineCache, atomic_write, cache_key, sha256_bytes
 from engines.export import export_onnx, to_fp16
 from engines.graphs import Graph
+from previz.errors import BackendUnavailableError
 
 
 def unavailable_reason() -> str | None:

@@ -10,8 +10,9 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from previz.errors import PrevizError, UnknownPackError
 from previz.recipe import DEFAULT_PACK, Recipe
@@ -156,7 +157,9 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
     reason = available_backends()["tensorrt"]
     if reason:
-        raise BackendUnavailableError(f"cannot build TensorRT engines here: {reason}", field="backend", value="tensorrt")
+        raise BackendUnavailableError(
+            f"cannot build TensorRT engines here: {reason}", field="backend", value="tensorrt"
+        )
     from engines.tensorrt_backend import ensure_plan
 
     _, graphs = _draft_graphs(args)

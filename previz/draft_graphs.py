@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import torch
 from torch import nn
 
+from engines.graphs import Graph
 from previz.errors import PackError
 from previz.packs import Pack, load_component
-
-from engines.graphs import Graph
 
 SUPPORTED_CONDITIONING = ("text", "context")
 
 
 class DenoiserGraph(nn.Module):
-    def __init__(self, transformer: nn.Module) -> None:
+    def __init__(self, transformer: Any) -> None:
         super().__init__()
         self.transformer = transformer
 
@@ -36,7 +36,7 @@ class DenoiserGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    def __init__(self, autoencoder: nn.Module, temporal: int) -> None:
+    def __init__(self, autoencoder: Any, temporal: int) -> None:
         super().__init__()
         self.decoder = autoencoder.decoder
         self.temporal = temporal
@@ -50,7 +50,9 @@ class DecoderGraph(nn.Module):
 
 
 def _source_hash(pack: Pack, component: str) -> str:
-    blob = json.dumps({"pack": pack.id, "component": component, "sha256": pack.component(component).sha256}, sort_keys=True)
+    blob = json.dumps(
+        {"pack": pack.id, "component": component, "sha256": pack.component(component).sha256}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -65,7 +67,7 @@ def check_conditioning(pack: Pack) -> None:
         )
 
 
-def tokens_per_frame(transformer: nn.Module, latent_h: int, latent_w: int) -> int:
+def tokens_per_frame(transformer: Any, latent_h: int, latent_w: int) -> int:
     _, p_h, p_w = transformer.config.patch_size
     return (latent_h // p_h) * (latent_w // p_w)
 

@@ -64,15 +64,16 @@ def build_draft_pack(
         shutil.rmtree(root)
     root.mkdir(parents=True)
     torch.manual_seed(seed)
-    WanTransformer3DModel(
+    denoiser: Any = WanTransformer3DModel(
         in_channels=latent.channels, out_channels=latent.channels, text_dim=MINILM_DIM, **transformer
-    ).save_pretrained(root / "transformer", safe_serialization=True)
+    )
+    denoiser.save_pretrained(root / "transformer", safe_serialization=True)
     torch.manual_seed(seed + 1)
     # One 2x upsampling stage per octave of spatial compression (TAESD's shape).
     stages = int(math.log2(latent.spatial)) + 1
     if 2 ** (stages - 1) != latent.spatial:
         raise ValueError(f"spatial compression must be a power of two, got {latent.spatial}")
-    AutoencoderTiny(
+    decoder: Any = AutoencoderTiny(
         in_channels=3 * latent.temporal,
         out_channels=3 * latent.temporal,
         latent_channels=latent.channels,
@@ -80,9 +81,12 @@ def build_draft_pack(
         decoder_block_out_channels=(decoder_channels,) * stages,
         num_encoder_blocks=(1,) * stages,
         num_decoder_blocks=(1,) * stages,
-    ).save_pretrained(root / "decoder", safe_serialization=True)
+    )
+    decoder.save_pretrained(root / "decoder", safe_serialization=True)
     components = {
-        "denoiser": Component("denoiser", "WanTransformer3DModel", "transformer", hash_component_dir(root / "transformer")),
+        "denoiser": Component(
+            "denoiser", "WanTransformer3DModel", "transformer", hash_component_dir(root / "transformer")
+        ),
         "decoder": Component("decoder", "AutoencoderTiny", "decoder", hash_component_dir(root / "decoder")),
         "text_encoder": minilm_component(),
     }

@@ -17,8 +17,8 @@ style: engines, guidance and conditioning are wrapped around it by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def sample_window(
     n_ctx = 0 if context is None else context.shape[2]
     n_new = noise.shape[2]
     x = noise.astype(np.float32, copy=True)
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         levels = np.concatenate([np.zeros(n_ctx, np.float32), np.full(n_new, sigma, np.float32)])
         window = x if context is None else np.concatenate([context, x], axis=2)
         velocity = model(window, token_timesteps(levels, tokens_per_frame))

@@ -27,7 +27,8 @@ class TextEncoder:
         self.dim = int(cond.get("dim", 0))
         self.tokenizer = load_tokenizer(pack)
         self.model = load_component(pack, "text_encoder")
-        hidden = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.d_model)
+        config = self.model.config
+        hidden = int(getattr(config, "hidden_size", None) or config.d_model)  # BERT names it one way, T5 another
         if self.dim and hidden != self.dim:
             raise ValueError(f"pack {pack.id!r}: text encoder width {hidden} != conditioning dim {self.dim}")
         self.dim = hidden

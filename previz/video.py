@@ -11,9 +11,10 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import av
 import numpy as np

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from previz.cli import main
 
 FFPROBE = shutil.which("ffprobe")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_LATENT, make_test_pack
 from safetensors.numpy import save_file
 
-from conftest import TEST_LATENT, make_test_pack
 from previz.errors import PackError, UnknownPackError, UnsafeWeightsError
 from previz.packs import (
     MANIFEST_NAME,
@@ -146,8 +146,9 @@ def test_latent_layout_frame_math(layout, frames, latents):
 
 def test_a_pack_with_another_latent_layout_drafts_without_code_changes(tmp_path, cache_dir):
     """48 channels, 16x spatial, 2 frames per latent: nothing downstream hard-codes Wan 2.1."""
-    from conftest import TEST_DRAFT
     import dataclasses
+
+    from conftest import TEST_DRAFT
 
     from previz.recipe import Recipe
     from previz.take import DraftModel
