@@ -21,20 +21,21 @@ from engines.cache import atomic_write
 from engines.graphs import Graph
 from previz.errors import EngineCacheError
 
-OPSET = 18
+OPSET = 18  # TensorRT and its fp16 copy: the opset its ONNX parser is known to take
+ORT_OPSET = 23  # ONNX Runtime: native Attention / RotaryEmbedding kernels
 
 # The exporter warns that torchvision's detection ops are unavailable; we export
 # no torchvision op, so that note is noise in a filmmaker's terminal.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
-def onnx_dir(cache_dir: Path, graph: Graph) -> Path:
-    return Path(cache_dir) / "onnx" / graph.fingerprint
+def onnx_dir(cache_dir: Path, graph: Graph, opset: int) -> Path:
+    return Path(cache_dir) / "onnx" / f"{graph.fingerprint}-op{opset}"
 
 
 def export_onnx(graph: Graph, cache_dir: Path, *, opset: int = OPSET) -> Path:
     """The graph's ONNX file, exported on first use and reused afterwards."""
-    out_dir = onnx_dir(cache_dir, graph)
+    out_dir = onnx_dir(cache_dir, graph, opset)
     path = out_dir / f"{graph.name}.onnx"
     if (out_dir / "export.json").is_file() and path.is_file():
         check_external_data(path)
@@ -48,7 +49,7 @@ def export_onnx(graph: Graph, cache_dir: Path, *, opset: int = OPSET) -> Path:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                graph.module.eval(),
+                graph.export_module(opset).eval(),
                 args,
                 dynamo=True,
                 opset_version=opset,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +23,11 @@ class Graph:
     inputs: dict[str, tuple[int, ...]]  # float32 inputs, in call order
     output: str
     source_sha256: str  # hash of the weights and config the module was built from
+    # An export-only variant of `module` for an opset (same numbers, ONNX-friendlier ops).
+    for_export: Callable[[int], torch.nn.Module] | None = field(default=None, compare=False)
+
+    def export_module(self, opset: int) -> torch.nn.Module:
+        return self.for_export(opset) if self.for_export else self.module
 
     @property
     def fingerprint(self) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from engines.base import EngineInfo, cuda_device_name, module_installed, warmup_with_examples
 from engines.cache import EngineCache, cache_key, sha256_bytes
-from engines.export import export_onnx
+from engines.export import ORT_OPSET, export_onnx
 from engines.graphs import Graph
 
 
@@ -74,9 +74,11 @@ class OrtEngine:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        # The take loop alternates two sessions (denoiser, decoder) with numpy
-        # work between runs; spinning pool threads would steal those cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spin while a run is in flight (hundreds of small kernels, each a pool
+        # barrier), but stop when it ends: the take loop alternates two sessions
+        # with numpy work between runs, and idle spinners would steal its cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
@@ -107,6 +109,6 @@ class OrtEngine:
 
 
 def create(graph: Graph, cache_dir: Path, **options: Any) -> OrtEngine:
-    path = export_onnx(graph, cache_dir)
+    path = export_onnx(graph, cache_dir, opset=ORT_OPSET)
     threads = options.get("threads") or int(os.environ.get("PREVIZ_ORT_THREADS", "0")) or None
     return OrtEngine(graph, path, cache=EngineCache(Path(cache_dir) / "engines"), threads=threads)

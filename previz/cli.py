@@ -140,13 +140,14 @@ def _draft_graphs(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engines.export import export_onnx
+    from engines.export import OPSET, ORT_OPSET, export_onnx
     from previz.take import default_cache_dir
 
     _, graphs = _draft_graphs(args)
     for graph in graphs:
-        path = export_onnx(graph, args.cache_dir or default_cache_dir())
-        print(f"{graph.name}: {path}  [{graph.shape_profile()}]")
+        for runtime, opset in (("onnxruntime", ORT_OPSET), ("tensorrt", OPSET)):
+            path = export_onnx(graph, args.cache_dir or default_cache_dir(), opset=opset)
+            print(f"{graph.name} for {runtime} (opset {opset}): {path}  [{graph.shape_profile()}]")
     return 0
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from engines.graphs import Graph
 from previz.errors import PackError
 from previz.packs import Pack, load_component
+from previz.wan_onnx import onnx_friendly
 
 SUPPORTED_CONDITIONING = ("text", "context")
 
@@ -86,9 +87,10 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
     lat_h, lat_w = layout.latent_size(width, height)
     frames = pack.draft.window_frames
     tokens = tokens_per_frame(transformer, lat_h, lat_w)
+    module = DenoiserGraph(transformer).eval()
     graph = Graph(
         name="denoiser",
-        module=DenoiserGraph(transformer).eval(),
+        module=module,
         inputs={
             "latents": (1, layout.channels, frames, lat_h, lat_w),
             "timesteps": (1, frames * tokens),
@@ -96,6 +98,7 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
         },
         output="velocity",
         source_sha256=_source_hash(pack, "denoiser"),
+        for_export=lambda opset: onnx_friendly(module, opset),
     )
     return graph, tokens
 

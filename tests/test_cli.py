@@ -96,8 +96,8 @@ def test_models_lists_packs_and_backends(test_pack, capsys):
 def test_export_writes_onnx_for_both_graphs(test_pack, tmp_path, capsys):
     assert main(["export", "--pack", "previz-test", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "denoiser:" in out and "decoder:" in out
-    assert len(list(tmp_path.rglob("*.onnx"))) == 2
+    assert "denoiser for onnxruntime (opset 23)" in out and "decoder for tensorrt (opset 18)" in out
+    assert len(list(tmp_path.rglob("*.onnx"))) == 4
 
 
 def test_build_engine_without_a_gpu_says_why(test_pack, capsys):

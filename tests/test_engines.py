@@ -25,6 +25,17 @@ def test_onnxruntime_matches_torch_on_the_same_pack(torch_model, ort_model):
         assert np.abs(out_t).max() > 0  # not a trivially zero graph
 
 
+def test_onnx_native_attention_is_the_same_arithmetic(torch_model):
+    import torch
+
+    graph = torch_model.denoiser_graph
+    args = [torch.from_numpy(a) for a in graph.example_inputs(seed=4).values()]
+    native = graph.export_module(23)
+    assert native is not graph.module and graph.export_module(18) is graph.module
+    with torch.inference_mode():
+        np.testing.assert_allclose(native(*args).numpy(), graph.module(*args).numpy(), atol=1e-5)
+
+
 def test_whole_takes_match_between_backends(torch_model, ort_model):
     from previz.recipe import Recipe
 
