@@ -4,7 +4,15 @@ Backends are imported by name only when chosen, so a CPU machine never imports
 tensorrt (see :func:`engines.base.create_engine`).
 """
 
-from engines.base import BACKENDS, Engine, EngineInfo, available_backends, create_engine, cuda_device_name
+from engines.base import (
+    BACKENDS,
+    Engine,
+    EngineInfo,
+    available_backends,
+    create_engine,
+    cuda_device_name,
+    resolve_backend,
+)
 from engines.graphs import Graph
 
 __all__ = [
@@ -15,4 +23,5 @@ __all__ = [
     "available_backends",
     "create_engine",
     "cuda_device_name",
+    "resolve_backend",
 ]

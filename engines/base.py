@@ -68,6 +68,17 @@ def available_backends() -> dict[str, str | None]:
     return {name: _backend_module(name).unavailable_reason() for name in BACKENDS}
 
 
+def resolve_backend(name: str) -> str:
+    """``auto`` -> the fastest backend that runs here without a long first build.
+
+    TensorRT is never chosen automatically: its first use builds plans for
+    minutes, which a user should ask for (``--backend tensorrt``).
+    """
+    if name != "auto":
+        return name
+    return "onnxruntime" if _backend_module("onnxruntime").unavailable_reason() is None else "torch"
+
+
 def create_engine(backend: str, graph: Graph, cache_dir: Path, **options: Any) -> Engine:
     module = _backend_module(backend)
     reason = module.unavailable_reason()

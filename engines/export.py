@@ -23,6 +23,7 @@ from previz.errors import EngineCacheError
 
 OPSET = 18  # TensorRT and its fp16 copy: the opset its ONNX parser is known to take
 ORT_OPSET = 23  # ONNX Runtime: native Attention / RotaryEmbedding kernels
+EXTERNAL_DATA_BYTES = 1 << 30
 
 # The exporter warns that torchvision's detection ops are unavailable; we export
 # no torchvision op, so that note is noise in a filmmaker's terminal.
@@ -59,7 +60,9 @@ def export_onnx(graph: Graph, cache_dir: Path, *, opset: int = OPSET) -> Path:
                 verbose=False,
             )
         assert program is not None
-        program.save(str(tmp / path.name), external_data=False)
+        # ONNX protobufs stop at 2 GB: real checkpoints keep weights beside the graph.
+        weight_bytes = sum(p.numel() * p.element_size() for p in graph.module.parameters())
+        program.save(str(tmp / path.name), external_data=weight_bytes > EXTERNAL_DATA_BYTES)
         meta = {
             "graph": graph.name,
             "fingerprint": graph.fingerprint,

@@ -56,13 +56,12 @@ class OrtEngine:
 
         self.graph = graph
         gpu = cuda_device_name()
-        onnx_bytes = onnx_path.read_bytes()
         trt_dir: Path | None = None
         self._pin_key: str | None = None
         if gpu and "TensorrtExecutionProvider" in ort.get_available_providers():
             # ORT's TensorRT EP keeps its own plan files; we pin them by hash.
             self._pin_key = cache_key(
-                onnx_sha256=sha256_bytes(onnx_bytes),
+                onnx_sha256=sha256_bytes(onnx_path.read_bytes()),
                 shape_profile=graph.shape_profile(),
                 precision="fp16",
                 runtime="onnxruntime-trt",
@@ -82,7 +81,8 @@ class OrtEngine:
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
-            onnx_bytes, sess_options=options, providers=provider_chain(ort.get_available_providers(), gpu, trt_dir)
+            str(onnx_path),  # a path, so external weight files resolve beside it
+            sess_options=options, providers=provider_chain(ort.get_available_providers(), gpu, trt_dir)
         )
         providers = tuple(self.session.get_providers())
         self.info = EngineInfo(

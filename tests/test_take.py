@@ -75,6 +75,12 @@ def test_cancel_stops_at_the_next_chunk_boundary(torch_model):
     assert got[-1].chunk == 0
 
 
+def test_the_recorded_recipe_names_the_backend_that_ran(torch_model):
+    meta = torch_model.metadata(resolve(Recipe(prompt="a cube", backend="onnxruntime"), torch_model.pack))
+    assert meta["recipe"]["backend"] == "torch"
+    assert meta["engines"]["denoiser"]["backend"] == "torch"
+
+
 def test_on_chunk_receives_the_kept_latents(torch_model, test_pack):
     latents = []
     frames = list(torch_model.generate(Recipe(prompt="fog", seconds=1.0), on_chunk=lambda c, z: latents.append(z)))
