@@ -7,13 +7,17 @@ no traceback.  Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from previz.camera import CameraError
 from previz.errors import PrevizError, UnknownPackError
 from previz.recipe import DEFAULT_PACK, Recipe
 
@@ -81,11 +85,11 @@ def cmd_draft(args: argparse.Namespace) -> int:
     )
     check_prompt("prompt", recipe.prompt)  # before loading anything: fail fast
     pack = open_pack(args.pack, _say)
-    recipe = resolve(recipe, pack)
+    recipe = resolve(dataclasses.replace(recipe, camera=camera_spec(args, pack)), pack)
     model = DraftModel(pack, recipe.backend, width=recipe.width, height=recipe.height)
     model.warmup()  # first-call initialisation is set-up, not part of the take
     total = frame_count(recipe, model.fps)
-    stats = TakeStats()
+    stats = TakeStats()  # the clock starts here: set-up above is not part of the take
     frames = model.generate(recipe, stats=stats)
     bar = tqdm(total=total, unit="frame", desc="draft", file=sys.stderr, disable=args.quiet)
 
@@ -94,9 +98,10 @@ def cmd_draft(args: argparse.Namespace) -> int:
             bar.update(1)
             yield frame.image
 
+    start = time.perf_counter()
     written = write_mp4(args.output, images(), fps=model.fps, meta=model.metadata(recipe))
+    elapsed = time.perf_counter() - start
     bar.close()
-    elapsed = bar.format_dict["elapsed"] or 1e-9
     fps = written / elapsed
     _say(
         f"wrote {args.output}: {written} frames at {model.fps} fps ({written / model.fps:.2f} s) "
@@ -104,6 +109,57 @@ def cmd_draft(args: argparse.Namespace) -> int:
         f"first frame after {1000 * (stats.first_frame_s or 0):.0f} ms "
         f"[{recipe.backend}: {', '.join(model.denoiser.info.providers)}; pack {pack.id}, {pack.label}]"
     )
+    return 0
+
+
+def camera_spec(args: argparse.Namespace, pack: Any) -> dict[str, Any] | None:
+    """--camera PRESET[:speed] or --camera-file, plus --shake, as the recipe's camera."""
+    from previz.camera import load_camera_file, parse_spec
+
+    if args.camera and args.camera_file:
+        raise CameraError("give --camera or --camera-file, not both")
+    spec: dict[str, Any] | None = None
+    if args.camera:
+        spec = parse_spec(args.camera)
+    elif args.camera_file:
+        width = args.width or (pack.draft.width if pack.draft else 16)
+        height = args.height or (pack.draft.height if pack.draft else 9)
+        spec = load_camera_file(args.camera_file, aspect=width / height)
+    if args.shake is not None:
+        spec = {**(spec or {"preset": "static"}), "shake": {"amplitude": args.shake, "seed": args.seed}}
+    return spec
+
+
+def cmd_camera(args: argparse.Namespace) -> int:
+    """Write a camera path (a preset, a file, or a take's recipe) as .chan or .json."""
+    from previz.camera import load_camera_file, parse_spec, path_from_spec, write_chan
+    from previz.video import read_recipe
+
+    aspect = args.aspect
+    if args.take:
+        try:
+            recipe = read_recipe(args.take)["recipe"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise CameraError(
+                f"{args.take} holds no previz recipe ({type(exc).__name__})", value=str(args.take)
+            ) from None
+        spec, seconds = recipe.get("camera") or {"preset": "static"}, float(recipe["seconds"])
+        aspect = recipe["width"] / recipe["height"]
+    elif args.camera_file:
+        spec, seconds = load_camera_file(args.camera_file, aspect=aspect), args.seconds
+    else:
+        spec, seconds = parse_spec(args.camera or "static"), args.seconds
+    if args.shake is not None:
+        spec = {**spec, "shake": {"amplitude": args.shake, "seed": 0}}
+    path = path_from_spec(spec, seconds)
+    if args.output.suffix.lower() == ".chan":
+        text = write_chan(path, fps=args.fps, aspect=aspect)
+    elif args.output.suffix.lower() == ".json":
+        text = json.dumps(path.to_dict(), indent=1) + "\n"
+    else:
+        raise CameraError(f"{args.output}: write .chan or .json", value=str(args.output))
+    args.output.write_text(text)
+    print(f"wrote {args.output}: {len(path.keyframes)} keyframes over {path.duration:g} s")
     return 0
 
 
@@ -189,9 +245,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--height", type=int, default=None, help="default: the pack's draft height")
     d.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pack's)")
     d.add_argument("--negative-prompt", default="")
+    d.add_argument("--camera", metavar="PRESET[:SPEED]",
+                   help="a camera move, e.g. orbit_left:1.5, dolly_zoom_in, crash_zoom_in (default: static)")
+    d.add_argument("--camera-file", type=Path, metavar="PATH", help="a camera path: .chan (Nuke/Blender) or .json")
+    d.add_argument("--shake", type=float, metavar="DEGREES", help="add seeded handheld shake of this amplitude")
     d.add_argument("-o", "--output", type=Path, default=Path("take.mp4"))
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_draft)
+
+    c = sub.add_parser("camera", help="write a camera path as .chan (Nuke/Blender) or .json")
+    c.add_argument("camera", nargs="?", metavar="PRESET[:SPEED]", help="a preset (default static)")
+    c.add_argument("--camera-file", type=Path, help="convert this .chan or .json instead")
+    c.add_argument("--take", type=Path, help="export the camera of this previz MP4 take")
+    c.add_argument("--seconds", type=float, default=4.0)
+    c.add_argument("--shake", type=float, metavar="DEGREES")
+    c.add_argument("--fps", type=float, default=24.0, help=".chan frame rate (default 24)")
+    c.add_argument("--aspect", type=float, default=16 / 9, help="image aspect for the .chan vertical FOV")
+    c.add_argument("-o", "--output", type=Path, required=True)
+    c.set_defaults(func=cmd_camera)
 
     m = sub.add_parser("models", help="list packs and the backends this machine can run")
     m.set_defaults(func=cmd_models)

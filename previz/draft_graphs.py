@@ -1,7 +1,8 @@
 """The draft pack's two graphs, denoiser and decoder, with the I/O contract every engine runs.
 
 denoiser: latents [1, C, F, h, w], timesteps [1, F*h*w/patch] (per token, 0..1000),
-          text [1, L, D]  ->  velocity [1, C, F, h, w]
+          text [1, L, D], and for camera packs camera [1, 6*T, F, h, w]
+          ->  velocity [1, C, F, h, w]
 decoder:  latents [1, C, h, w] (one latent frame)  ->  frames [T, H, W, 3] in [0, 1]
 
 The decoder is frame-wise (the TAEHV pattern): one latent frame at a time, so
@@ -24,7 +25,8 @@ from previz.errors import PackError
 from previz.packs import Pack, load_component
 from previz.wan_onnx import onnx_friendly
 
-SUPPORTED_CONDITIONING = ("text", "context")
+SUPPORTED_CONDITIONING = ("text", "context", "camera")
+CAMERA_KINDS = ("plucker",)
 
 
 class DenoiserGraph(nn.Module):
@@ -34,6 +36,25 @@ class DenoiserGraph(nn.Module):
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.transformer(latents, timesteps, text, return_dict=False)[0]
+
+
+class CameraDenoiserGraph(DenoiserGraph):
+    """Camera as extra input channels (as Wan I2V concatenates its image latents)."""
+
+    def forward(  # type: ignore[override]
+        self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, camera: torch.Tensor
+    ) -> torch.Tensor:
+        return self.transformer(torch.cat([latents, camera], dim=1), timesteps, text, return_dict=False)[0]
+
+
+def camera_channels(pack: Pack) -> int:
+    """Channels of camera conditioning the pack's denoiser takes (0: none)."""
+    camera = pack.conditioning.get("camera")
+    if not camera:
+        return 0
+    if camera.get("kind") not in CAMERA_KINDS:
+        raise PackError(f"pack {pack.id!r}: camera conditioning {camera.get('kind')!r} is not one of {CAMERA_KINDS}")
+    return 6 * pack.latent.temporal
 
 
 class DecoderGraph(nn.Module):
@@ -79,23 +100,27 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
     assert pack.draft is not None
     transformer = load_component(pack, "denoiser")
     layout = pack.latent
-    if transformer.config.in_channels != layout.channels:
+    cam = camera_channels(pack)
+    if transformer.config.in_channels != layout.channels + cam:
         raise PackError(
-            f"pack {pack.id!r}: denoiser takes {transformer.config.in_channels} channels, "
-            f"the latent layout says {layout.channels}"
+            f"pack {pack.id!r}: denoiser takes {transformer.config.in_channels} channels, the latent layout "
+            f"and camera conditioning say {layout.channels} + {cam}"
         )
     lat_h, lat_w = layout.latent_size(width, height)
     frames = pack.draft.window_frames
     tokens = tokens_per_frame(transformer, lat_h, lat_w)
-    module = DenoiserGraph(transformer).eval()
+    module = (CameraDenoiserGraph if cam else DenoiserGraph)(transformer).eval()
+    inputs = {
+        "latents": (1, layout.channels, frames, lat_h, lat_w),
+        "timesteps": (1, frames * tokens),
+        "text": (1, text_tokens, text_dim),
+    }
+    if cam:
+        inputs["camera"] = (1, cam, frames, lat_h, lat_w)
     graph = Graph(
         name="denoiser",
         module=module,
-        inputs={
-            "latents": (1, layout.channels, frames, lat_h, lat_w),
-            "timesteps": (1, frames * tokens),
-            "text": (1, text_tokens, text_dim),
-        },
+        inputs=inputs,
         output="velocity",
         source_sha256=_source_hash(pack, "denoiser"),
         for_export=lambda opset: onnx_friendly(module, opset),

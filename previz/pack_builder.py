@@ -52,6 +52,7 @@ def build_draft_pack(
     transformer: dict[str, Any],
     decoder_channels: int,
     text_tokens: int = 64,
+    camera: bool = True,
     seed: int = 0,
     trained: bool = False,
     description: str = "",
@@ -64,8 +65,10 @@ def build_draft_pack(
         shutil.rmtree(root)
     root.mkdir(parents=True)
     torch.manual_seed(seed)
+    camera_channels = 6 * latent.temporal if camera else 0  # Plücker rays, frames folded into channels
     denoiser: Any = WanTransformer3DModel(
-        in_channels=latent.channels, out_channels=latent.channels, text_dim=MINILM_DIM, **transformer
+        in_channels=latent.channels + camera_channels, out_channels=latent.channels, text_dim=MINILM_DIM,
+        **transformer,
     )
     denoiser.save_pretrained(root / "transformer", safe_serialization=True)
     torch.manual_seed(seed + 1)
@@ -103,7 +106,8 @@ def build_draft_pack(
         conditioning={
             "text": {"encoder": "all-MiniLM-L6-v2", "dim": MINILM_DIM, "tokens": text_tokens},
             "context": {"kind": "clean-latent-frames", "frames": draft.context_frames},
-            "camera": None,
+            "camera": {"kind": "plucker", "channels": camera_channels, "convention": "opencv",
+                       "relative_to": "first frame"} if camera else None,
             "control": None,
         },
     )
@@ -114,9 +118,9 @@ def build_draft_pack(
 # ----------------------------------------------------------------------------- the embedded pack
 
 TINY_PACK_ID = "previz-tiny"
-# Wan 2.1's latent layout (16 channels, 4x8x8) so the stock WanPipeline can run
-# the same denoiser weights in tools/bench_draft.py; the latent *space* is the
-# pack's own, because its decoder is not the Wan VAE.
+# Wan 2.1's latent layout (16 channels, 4x8x8), so the stock WanPipeline can run
+# the same denoiser weights in tools/bench_draft.py (less the camera channels);
+# the latent *space* is the pack's own, because its decoder is not the Wan VAE.
 TINY_LATENT = LatentLayout(space="previz-tiny-v0", channels=16, temporal=4, spatial=8, causal_first_frame=False)
 TINY_DRAFT = DraftDefaults(
     width=256, height=144, fps=30, steps=2, shift=5.0, guidance=1.0,

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from previz.camera import path_from_spec
 from previz.errors import InvalidRecipeError
 from previz.packs import Pack
 
@@ -36,6 +37,9 @@ class Recipe:
     negative_prompt: str = ""
     pack: str = DEFAULT_PACK
     backend: str = "torch"
+    # The camera move: {"preset": name, "speed": x, ...} or {"keyframes": [...]},
+    # optionally with "shake"; see previz.camera.  None: a locked-off camera.
+    camera: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,8 +117,12 @@ def resolve(recipe: Recipe, pack: Pack) -> Recipe:
     if not isinstance(recipe.backend, str) or not recipe.backend:
         raise _bad("backend", recipe.backend, "a backend name")
 
+    camera = recipe.camera if recipe.camera is not None else {"preset": "static"}
+    path_from_spec(camera, seconds)  # raises CameraError naming what is wrong
+
     return dataclasses.replace(
-        recipe, seed=seed, seconds=seconds, width=width, height=height, steps=steps, shift=shift, guidance=guidance
+        recipe, seed=seed, seconds=seconds, width=width, height=height, steps=steps, shift=shift, guidance=guidance,
+        camera=camera,
     )
 
 

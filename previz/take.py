@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from engines import Engine, create_engine
-from previz.draft_graphs import build_decoder_graph, build_denoiser_graph
+from previz.camera import path_from_spec, plucker_latent
+from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels
 from previz.packs import Pack, previz_home
 from previz.recipe import Recipe, frame_count, resolve
 from previz.sampler import Chunk, chunk_noise, flow_sigmas, guided, plan_chunks, sample_window
@@ -91,6 +92,7 @@ class DraftModel:
         self.decoder: Engine = create_engine(backend, self.decoder_graph, self.cache_dir, **engine_options)
 
     def warmup(self) -> None:
+        self.text("")  # the encoder's first call pays one-off initialisation
         self.denoiser.warmup()
         self.decoder.warmup()
 
@@ -118,10 +120,39 @@ class DraftModel:
 
     # ------------------------------------------------------------------ generation
 
-    def _model(self, prompt_states: np.ndarray, stats: TakeStats) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def camera_conditioning(self, recipe: Recipe) -> Callable[[int, int], np.ndarray] | None:
+        """For camera packs: (first latent frame, count) -> [1, 6*T, count, h, w] Plücker maps.
+
+        Built window by window, so a long take's camera never delays its first frame.
+        """
+        if not camera_channels(self.pack):
+            return None
+        assert recipe.width and recipe.height
+        layout = self.pack.latent
+        path = path_from_spec(recipe.camera, float(recipe.seconds))
+        frames = frame_count(recipe, self.fps)
+        width, height = recipe.width, recipe.height
+
+        def window(first: int, count: int) -> np.ndarray:
+            maps = plucker_latent(
+                path, fps=self.fps, frames=frames, width=width, height=height, temporal=layout.temporal,
+                spatial=layout.spatial, causal_first_frame=layout.causal_first_frame,
+                latents=range(first, first + count),
+            )
+            return np.ascontiguousarray(maps.transpose(1, 0, 2, 3)[None])
+
+        return window
+
+    def _model(
+        self, prompt_states: np.ndarray, camera: np.ndarray | None, stats: TakeStats
+    ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """The denoiser engine as the sampler's model: (x, timesteps) -> velocity."""
+        conditioning = {"text": prompt_states} if camera is None else {"text": prompt_states, "camera": camera}
+
         def model(x: np.ndarray, t: np.ndarray) -> np.ndarray:
             start = time.perf_counter()
-            velocity = self.denoiser.run({"latents": x, "timesteps": t, "text": prompt_states})["velocity"]
+            inputs = {"latents": x, "timesteps": t, **conditioning}
+            velocity = self.denoiser.run(inputs)["velocity"]
             stats.denoiser_calls += 1
             stats.denoise_s += time.perf_counter() - start
             return velocity
@@ -151,9 +182,10 @@ class DraftModel:
         sigmas = flow_sigmas(recipe.steps, recipe.shift)
         lat_h, lat_w = layout.latent_size(self.width, self.height)
 
-        model = self._model(self.text(recipe.prompt), stats)
-        if recipe.guidance and recipe.guidance != 1.0:
-            model = guided(model, self._model(self.text(recipe.negative_prompt), stats), recipe.guidance)
+        window = self.pack.draft.window_frames
+        camera_window = self.camera_conditioning(recipe)
+        prompt = self.text(recipe.prompt)
+        negative = self.text(recipe.negative_prompt) if recipe.guidance != 1.0 else None
 
         emitted = 0
         previous: np.ndarray | None = None  # clean latents of the last window
@@ -161,6 +193,10 @@ class DraftModel:
             if cancel is not None and cancel.is_set():
                 return
             noise = chunk_noise(recipe.seed, chunk.index, (1, layout.channels, chunk.new, lat_h, lat_w))
+            camera = None if camera_window is None else camera_window(chunk.start - chunk.context, window)
+            model = self._model(prompt, camera, stats)
+            if negative is not None:
+                model = guided(model, self._model(negative, camera, stats), float(recipe.guidance or 1.0))
             context = None if chunk.context == 0 or previous is None else previous[:, :, -chunk.context:]
             clean = sample_window(model, noise, sigmas, context=context, tokens_per_frame=self.tokens_per_frame)
             previous = clean if context is None else np.concatenate([context, clean], axis=2)
