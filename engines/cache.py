@@ -145,11 +145,20 @@ class EngineCache:
         return path
 
     def get_or_build(self, key: str, build: Callable[[], bytes], meta: dict[str, Any]) -> bytes:
+        """One build per key, even across processes: the second waits, then loads."""
         if self.contains(key):
             return self.load(key)
-        data = build()
-        self.store(key, data, meta)
-        return data
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".build-{key}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if self.contains(key):
+                    return self.load(key)
+                data = build()
+                self.store(key, data, meta)
+                return data
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ directories another runtime writes
 
@@ -161,12 +170,13 @@ class EngineCache:
         recorded; after the runtime has written, :meth:`pin_dir` records them.
         """
         directory = self.root / "dirs" / key
-        directory.mkdir(parents=True, exist_ok=True)
-        pinned: dict[str, str] = self.manifest().get("dirs", {}).get(key, {})
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            rel = str(path.relative_to(directory))
-            if pinned.get(rel) != sha256_bytes(path.read_bytes()):
-                path.unlink()
+        with self._locked():
+            directory.mkdir(parents=True, exist_ok=True)
+            pinned: dict[str, str] = self.manifest().get("dirs", {}).get(key, {})
+            for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+                rel = str(path.relative_to(directory))
+                if pinned.get(rel) != sha256_bytes(path.read_bytes()):
+                    path.unlink()
         return directory
 
     def pin_dir(self, key: str) -> None:

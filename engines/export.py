@@ -73,10 +73,12 @@ def export_onnx(graph: Graph, cache_dir: Path, *, opset: int = OPSET) -> Path:
             "torch": torch.__version__,
         }
         atomic_write(tmp / "export.json", (json.dumps(meta, indent=2) + "\n").encode())
-        if out_dir.exists():  # another process won the race; theirs is as good as ours
-            shutil.rmtree(tmp)
-        else:
+        try:
             os.replace(tmp, out_dir)
+        except OSError:
+            if not out_dir.is_dir():
+                raise
+            shutil.rmtree(tmp)  # another process won the race; theirs is as good as ours
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -116,5 +118,13 @@ def to_fp16(src: Path, dst: Path) -> Path:
     # Normalisations and the softmax stay fp32: their reductions overflow in fp16.
     block = ["LayerNormalization", "RMSNormalization", "ReduceMean", "Pow", "Softmax", "Sqrt", "Div"]
     converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
-    onnx.save(converted, str(dst))
+    # Written under a temp name and renamed last: the .onnx exists only once it
+    # (and its external weights, for models past protobuf's 2 GB) are complete.
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    big = sum(len(t.raw_data) for t in converted.graph.initializer) > EXTERNAL_DATA_BYTES
+    onnx.save(converted, str(tmp), save_as_external_data=big, location=f"{dst.name}.data")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    check_external_data(dst)
     return dst

@@ -19,6 +19,7 @@ from engines.base import EngineInfo, cuda_device_name, module_installed, warmup_
 from engines.cache import EngineCache, cache_key, sha256_bytes
 from engines.export import ORT_OPSET, export_onnx
 from engines.graphs import Graph
+from previz.errors import BackendUnavailableError
 
 
 def unavailable_reason() -> str | None:
@@ -84,6 +85,11 @@ class OrtEngine:
             str(onnx_path),  # a path, so external weight files resolve beside it
             sess_options=options, providers=provider_chain(ort.get_available_providers(), gpu, trt_dir)
         )
+        if self._pin_key:
+            # The TensorRT EP builds its plans on the first run: run once now and
+            # record them, so the next start loads exactly these and nothing else.
+            warmup_with_examples(self, graph)
+            cache.pin_dir(self._pin_key)
         providers = tuple(self.session.get_providers())
         self.info = EngineInfo(
             backend="onnxruntime",
@@ -101,14 +107,22 @@ class OrtEngine:
 
     def warmup(self) -> None:
         warmup_with_examples(self, self.graph)
-        if self._pin_key:  # the TensorRT EP has built (or reused) its plans by now
-            self._cache.pin_dir(self._pin_key)
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
 
 
+def _env_threads() -> int | None:
+    raw = os.environ.get("PREVIZ_ORT_THREADS", "")
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise BackendUnavailableError(f"PREVIZ_ORT_THREADS = {raw!r}: expected a whole number of threads >= 1",
+                                      field="backend", value=raw)
+    return int(raw)
+
+
 def create(graph: Graph, cache_dir: Path, **options: Any) -> OrtEngine:
     path = export_onnx(graph, cache_dir, opset=ORT_OPSET)
-    threads = options.get("threads") or int(os.environ.get("PREVIZ_ORT_THREADS", "0")) or None
+    threads = options.get("threads") or _env_threads()
     return OrtEngine(graph, path, cache=EngineCache(Path(cache_dir) / "engines"), threads=threads)

@@ -70,7 +70,8 @@ def build_plan(onnx_path: Path, graph: Graph, timing_cache: Path) -> bytes:
         profile.set_shape(name, shape, shape, shape)
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)  # stale: start afresh
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BackendUnavailableError(f"TensorRT failed to build an engine for {graph.name}")
@@ -87,13 +88,25 @@ class TensorRTEngine:
         self._torch = torch
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            raise BackendUnavailableError(
+                f"TensorRT could not load the {graph.name} engine (built by another TensorRT version or GPU?)"
+            )
         self._context = self._engine.create_execution_context()
-        self._stream = torch.cuda.Stream()
+        self._stream: Any = torch.cuda.Stream()
         # Preallocated device buffers: shapes are static for a whole take.
         self._buffers: dict[str, Any] = {}
+        expected = {**graph.inputs, graph.output: None}
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             shape = tuple(self._engine.get_tensor_shape(name))
+            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            if name not in expected or is_input != (name in graph.inputs) or (
+                is_input and shape != tuple(graph.inputs[name])
+            ):
+                raise BackendUnavailableError(f"TensorRT engine I/O {name} {shape} does not match the graph's")
+            if self._engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
+                raise BackendUnavailableError(f"TensorRT engine I/O {name} is not float32 (keep_io_types failed?)")
             buf = torch.empty(shape, dtype=torch.float32, device="cuda")
             self._buffers[name] = buf
             self._context.set_tensor_address(name, buf.data_ptr())
@@ -109,8 +122,11 @@ class TensorRTEngine:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         with torch.cuda.stream(self._stream):
-            for name in self.graph.inputs:
-                self._buffers[name].copy_(torch.from_numpy(np.ascontiguousarray(inputs[name])), non_blocking=True)
+            for name, shape in self.graph.inputs.items():
+                host = np.ascontiguousarray(inputs[name], dtype=np.float32)
+                if host.shape != tuple(shape):  # copy_ would broadcast silently
+                    raise ValueError(f"{self.graph.name} input {name} has shape {host.shape}, expected {shape}")
+                self._buffers[name].copy_(torch.from_numpy(host), non_blocking=True)
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError(f"TensorRT execution failed for {self.graph.name}")
             out = self._buffers[self.graph.output].cpu()
@@ -121,8 +137,11 @@ class TensorRTEngine:
         warmup_with_examples(self, self.graph)
 
     def close(self) -> None:
+        # Drop everything that holds GPU memory, context before engine.
+        self._buffers = {}
         self._context = None
         self._engine = None
+        self._stream = None
 
 
 def ensure_plan(graph: Graph, cache_dir: Path, precision: str = "fp16") -> tuple[bytes, str]:
@@ -138,9 +157,13 @@ def ensure_plan(graph: Graph, cache_dir: Path, precision: str = "fp16") -> tuple
     onnx_bytes = onnx_path.read_bytes()
     cache = EngineCache(Path(cache_dir) / "engines")
     key = plan_key(onnx_bytes, graph, precision)
+    import tensorrt as trt
+
+    gpu = (cuda_device_name() or "gpu").replace("/", "_").replace(" ", "_")
+    timing = cache.root / f"timing-{trt.__version__}-{gpu}.cache"  # timing caches are per GPU and version
     plan = cache.get_or_build(
         key,
-        lambda: build_plan(onnx_path, graph, cache.root / "timing.cache"),
+        lambda: build_plan(onnx_path, graph, timing),
         meta={"graph": graph.name, "shape_profile": graph.shape_profile(), "precision": precision},
     )
     return plan, key

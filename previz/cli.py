@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from previz.camera import CameraError
 from previz.errors import PrevizError, UnknownPackError
@@ -40,7 +40,7 @@ def _quiet_libraries() -> None:
 
 def open_pack(ref: str, say: Callable[[str], None]) -> Any:
     """Load a pack; the embedded default is built on first use instead of failing."""
-    from previz.pack_builder import TINY_PACK_ID, build_tiny_pack
+    from previz.pack_builder import TINY_PACK_ID, ensure_tiny_pack
     from previz.packs import load_pack, pack_search_dirs
 
     try:
@@ -48,10 +48,7 @@ def open_pack(ref: str, say: Callable[[str], None]) -> Any:
     except UnknownPackError:
         if ref != TINY_PACK_ID:
             raise
-        target = pack_search_dirs()[-1] / TINY_PACK_ID
-        say(f"building the embedded pack {TINY_PACK_ID} in {target} (one time, a few seconds)")
-        build_tiny_pack(target)
-        pack = load_pack(ref)
+        pack = ensure_tiny_pack(pack_search_dirs()[-1] / TINY_PACK_ID, say)
     if not pack.trained:
         say(f"note: pack {pack.id} is {pack.label.upper()}: its drafts are noise, not pictures")
     return pack
@@ -70,7 +67,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
     from engines import resolve_backend
     from previz.recipe import check_prompt, frame_count, resolve
     from previz.take import DraftModel, TakeStats
-    from previz.video import write_mp4
+    from previz.video import check_output_path, write_mp4
 
     recipe = Recipe(
         prompt=args.prompt,
@@ -84,6 +81,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
         backend=resolve_backend(args.backend),
     )
     check_prompt("prompt", recipe.prompt)  # before loading anything: fail fast
+    check_output_path(args.output)
     pack = open_pack(args.pack, _say)
     recipe = resolve(dataclasses.replace(recipe, camera=camera_spec(args, pack)), pack)
     model = DraftModel(pack, recipe.backend, width=recipe.width, height=recipe.height)
@@ -230,9 +228,16 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage stays behind --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"previz: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="previz", description="Fast previsualisation: live drafts, 4K finals.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="previz", description="Fast previsualisation: live drafts, 4K finals.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     d = sub.add_parser("draft", help="render one draft take to an MP4")
     d.add_argument("prompt", help="what the shot shows")

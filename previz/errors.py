@@ -59,7 +59,7 @@ class EngineCacheError(PrevizError):
     code = "untrusted_engine"
 
 
-class Cancelled(PrevizError):
-    """A take was stopped between chunks by its caller."""
+class OutputError(PrevizError):
+    """A file previz was asked to write cannot be written there."""
 
-    code = "cancelled"
+    code = "output_error"

@@ -7,20 +7,29 @@ checkpoint directory would.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import math
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from previz.errors import PackError, UnknownPackError
 from previz.packs import (
+    MANIFEST_NAME,
     Component,
     DraftDefaults,
     LatentLayout,
     Pack,
     _package_dir,
     hash_component_dir,
+    load_pack,
     write_manifest,
 )
 
@@ -57,13 +66,45 @@ def build_draft_pack(
     trained: bool = False,
     description: str = "",
 ) -> Pack:
-    """Build a draft pack with seeded (untrained) weights in ``root``, replacing what was there."""
+    """Build a draft pack with seeded (untrained) weights in ``root``, replacing the pack there."""
+    final_root = Path(root)
+    if final_root.exists() and any(final_root.iterdir()) and not (final_root / MANIFEST_NAME).is_file():
+        raise PackError(f"refusing to build a pack into {final_root}: it holds files and is not a pack")
+    final_root.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename into place, so a half-built pack is never visible.
+    root = Path(tempfile.mkdtemp(dir=final_root.parent, prefix=f".{final_root.name}.building-"))
+    try:
+        pack = _build(root, pack_id=pack_id, latent=latent, draft=draft, transformer=transformer,
+                      decoder_channels=decoder_channels, text_tokens=text_tokens, camera=camera, seed=seed,
+                      trained=trained, description=description)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(root, 0o777 & ~umask)  # mkdtemp makes 0700; a pack is an ordinary directory
+        with _locked(final_root):
+            if final_root.exists():
+                shutil.rmtree(final_root)
+            os.replace(root, final_root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return dataclasses.replace(pack, root=final_root)
+
+
+@contextlib.contextmanager
+def _locked(root: Path, purpose: str = "install") -> Iterator[None]:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.{purpose}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(root: Path, *, pack_id: str, latent: LatentLayout, draft: DraftDefaults, transformer: dict[str, Any],
+           decoder_channels: int, text_tokens: int, camera: bool, seed: int, trained: bool,
+           description: str) -> Pack:
     from diffusers import AutoencoderTiny, WanTransformer3DModel
 
-    root = Path(root)
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
     torch.manual_seed(seed)
     camera_channels = 6 * latent.temporal if camera else 0  # Plücker rays, frames folded into channels
     denoiser: Any = WanTransformer3DModel(
@@ -141,3 +182,14 @@ def build_tiny_pack(root: Path, seed: int = 0) -> Pack:
         decoder_channels=TINY_DECODER_CHANNELS, text_tokens=64, seed=seed, trained=False,
         description="Deterministic seeded weights, UNTRAINED: drafts are noise until the backlot pack lands.",
     )
+
+
+def ensure_tiny_pack(target: Path, say: Any = print) -> Pack:
+    """The embedded pack at ``target``, built once even when several processes start together."""
+    with _locked(target, "ensure"):  # a second process waits here, then finds the pack built
+        try:
+            return load_pack(str(target))
+        except UnknownPackError:
+            say(f"building the embedded pack {TINY_PACK_ID} in {target} (one time, a few seconds)")
+        build_tiny_pack(target)
+        return load_pack(str(target))

@@ -193,39 +193,88 @@ def _require(d: dict[str, Any], key: str, where: str) -> Any:
     return d[key]
 
 
-def parse_manifest(data: dict[str, Any], root: Path) -> Pack:
-    """Turn manifest JSON into a :class:`Pack`.  Pure: touches no files."""
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _dataclass_from(cls: Any, data: Any, where: str) -> Any:
+    """Build a manifest dataclass, checking every field against its declared type."""
+    if not isinstance(data, dict):
+        raise PackError(f"{where}: expected an object, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise PackError(f"{where}: unknown field {unknown[0]!r}")
+    for key, value in data.items():
+        allowed = _FIELD_TYPES.get(str(names[key].type))
+        if allowed and (not isinstance(value, allowed) or (bool not in allowed and isinstance(value, bool))):
+            raise PackError(f"{where}: {key} = {value!r} should be {names[key].type}")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # a required field is missing
+        raise PackError(f"{where}: {exc}") from None
+
+
+def _positive(where: str, **values: float) -> None:
+    for key, value in values.items():
+        if not value >= 1:
+            raise PackError(f"{where}: {key} = {value!r} must be at least 1")
+
+
+def parse_manifest(data: Any, root: Path) -> Pack:
+    """Turn manifest JSON into a :class:`Pack`, checking every field.  Pure: touches no files."""
     where = str(root / MANIFEST_NAME)
+    if not isinstance(data, dict):
+        raise PackError(f"{where}: a manifest is a JSON object")
     if data.get("format") != FORMAT:
         raise PackError(f"{where}: format is {data.get('format')!r}, expected {FORMAT!r}")
     kind = _require(data, "kind", where)
     if kind not in KINDS:
         raise PackError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
-    try:
-        latent = LatentLayout(**_require(data, "latent", where))
-        comps: dict[str, Component] = {}
-        for name, c in _require(data, "components", where).items():
-            comps[name] = Component(
-                name=name,
-                cls=c["class"],
-                subfolder=c.get("subfolder", name),
-                sha256=dict(c["sha256"]),
-                package=c.get("package"),
-                tokenizer_subfolder=c.get("tokenizer_subfolder"),
-                options=dict(c.get("options", {})),
-            )
-        draft = DraftDefaults(**data["draft"]) if "draft" in data else None
-    except (TypeError, KeyError) as exc:
-        raise PackError(f"{where}: malformed manifest ({exc})") from None
-    for comp in comps.values():
-        if comp.cls not in DIFFUSERS_CLASSES | TRANSFORMERS_CLASSES:
-            raise PackError(f"{where}: component {comp.name!r} has unsupported class {comp.cls!r}")
-        for sub in (comp.subfolder, comp.tokenizer_subfolder):
-            if sub is not None and (Path(sub).is_absolute() or ".." in Path(sub).parts):
-                raise PackError(f"{where}: component {comp.name!r} reaches outside the pack ({sub!r})")
+    pack_id = _require(data, "id", where)
+    if not isinstance(pack_id, str) or not pack_id:
+        raise PackError(f"{where}: id must be a non-empty string")
+    latent: LatentLayout = _dataclass_from(LatentLayout, _require(data, "latent", where), f"{where} latent")
+    _positive(f"{where} latent", channels=latent.channels, temporal=latent.temporal, spatial=latent.spatial)
+    draft: DraftDefaults | None = None
+    if "draft" in data:
+        draft = _dataclass_from(DraftDefaults, data["draft"], f"{where} draft")
+        _positive(f"{where} draft", width=draft.width, height=draft.height, fps=draft.fps, steps=draft.steps,
+                  window_frames=draft.window_frames, size_multiple=draft.size_multiple)
+        if not 0 <= draft.context_frames < draft.window_frames:
+            raise PackError(f"{where} draft: context_frames must be >= 0 and smaller than window_frames")
+        if draft.shift <= 0 or draft.guidance < 1 or draft.max_seconds <= 0:
+            raise PackError(f"{where} draft: shift and max_seconds must be positive, guidance at least 1")
+    components = _require(data, "components", where)
+    if not isinstance(components, dict):
+        raise PackError(f"{where}: components must be an object")
+    comps: dict[str, Component] = {}
+    for name, c in components.items():
+        at = f"{where} component {name!r}"
+        if not isinstance(c, dict):
+            raise PackError(f"{at}: expected an object")
+        cls, sha = c.get("class"), c.get("sha256")
+        if cls not in DIFFUSERS_CLASSES | TRANSFORMERS_CLASSES:
+            raise PackError(f"{at}: unsupported class {cls!r}")
+        if not isinstance(sha, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sha.items()):
+            raise PackError(f"{at}: sha256 must map file names to hashes")
+        for key in ("subfolder", "tokenizer_subfolder", "package"):
+            if c.get(key) is not None and not isinstance(c[key], str):
+                raise PackError(f"{at}: {key} must be a string")
+        comp = Component(
+            name=name,
+            cls=cls,
+            subfolder=c.get("subfolder") or name,
+            sha256=dict(sha),
+            package=c.get("package"),
+            tokenizer_subfolder=c.get("tokenizer_subfolder"),
+            options=dict(c.get("options") or {}),
+        )
+        for folder in (comp.subfolder, comp.tokenizer_subfolder):
+            if folder is not None and (Path(folder).is_absolute() or ".." in Path(folder).parts):
+                raise PackError(f"{at}: reaches outside the pack ({folder!r})")
         if comp.package is not None and comp.package not in COMPONENT_PACKAGES:
-            raise PackError(f"{where}: component {comp.name!r} names package {comp.package!r}, "
-                            f"not one of {', '.join(sorted(COMPONENT_PACKAGES))}")
+            raise PackError(f"{at}: names package {comp.package!r}, not one of {', '.join(sorted(COMPONENT_PACKAGES))}")
+        comps[name] = comp
     needed = {
         "draft": ("denoiser", "decoder", "text_encoder"),
         "final": ("transformer", "transformer_2", "vae", "text_encoder"),
@@ -236,10 +285,14 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Pack:
         raise PackError(f"{where}: a {kind} pack needs components {', '.join(missing)}")
     if kind == "draft" and draft is None:
         raise PackError(f"{where}: a draft pack needs a 'draft' section")
-    if kind == "final" and not 0.0 < float(data.get("boundary_ratio", 0.0)) < 1.0:
+    boundary = data.get("boundary_ratio")
+    if kind == "final" and not (isinstance(boundary, (int, float)) and 0.0 < boundary < 1.0):
         raise PackError(f"{where}: a final pack needs boundary_ratio in (0, 1)")
+    conditioning = data.get("conditioning", {})
+    if not isinstance(conditioning, dict):
+        raise PackError(f"{where}: conditioning must be an object")
     return Pack(
-        id=_require(data, "id", where),
+        id=pack_id,
         kind=kind,
         root=root,
         latent=latent,
@@ -248,8 +301,8 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Pack:
         label=str(data.get("label", "trained" if data.get("trained") else "untrained")),
         description=str(data.get("description", "")),
         draft=draft,
-        conditioning=dict(data.get("conditioning", {})),
-        boundary_ratio=data.get("boundary_ratio"),
+        conditioning=dict(conditioning),
+        boundary_ratio=boundary,
         scale=data.get("scale"),
     )
 
@@ -380,12 +433,14 @@ def resolve_pack_dir(ref: str) -> Path:
 
 def _snapshot(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:  # local first: a cached pack never touches the network
         return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS, local_files_only=True))
     except LocalEntryNotFoundError:
         pass
+    except HFValidationError:
+        raise UnknownPackError(f"unknown pack {repo_id!r}: not a valid hub id", field="pack", value=repo_id) from None
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
     except Exception as exc:  # network, auth, missing repo: all one message to the user
@@ -404,16 +459,20 @@ def load_pack(ref: str, *, verify: bool = True) -> Pack:
         raise UnknownPackError(
             f"{root} is not a previz pack: it has no {MANIFEST_NAME}", field="pack", value=ref
         )
-    try:
-        data = json.loads(manifest.read_text())
-    except json.JSONDecodeError as exc:
-        raise PackError(f"{manifest}: not valid JSON ({exc})") from None
-    pack = parse_manifest(data, root)
-    for name in pack.components:
-        check_safetensors_only(pack.component_dir(name))
+    pack = parse_manifest(_read_json(manifest), root)
     if verify:
-        verify_pack(pack)
+        verify_pack(pack)  # hashing checks for pickle files first
+    else:
+        for name in pack.components:
+            check_safetensors_only(pack.component_dir(name))
     return pack
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackError(f"{path}: not a readable JSON file ({exc})") from None
 
 
 def list_packs() -> list[Pack]:
@@ -424,8 +483,8 @@ def list_packs() -> list[Pack]:
             continue
         for manifest in sorted(base.glob(f"*/{MANIFEST_NAME}")):
             try:
-                pack = parse_manifest(json.loads(manifest.read_text()), manifest.parent)
-            except (PackError, json.JSONDecodeError):
+                pack = parse_manifest(_read_json(manifest), manifest.parent)
+            except PackError:  # one broken pack must not hide the others
                 continue
             found.setdefault(pack.id, pack)
     return list(found.values())

@@ -128,4 +128,4 @@ def resolve(recipe: Recipe, pack: Pack) -> Recipe:
 
 def frame_count(recipe: Recipe, fps: int) -> int:
     """Video frames in a take: seconds at the pack's fps, at least one."""
-    return max(1, round(float(recipe.seconds) * fps))
+    return max(1, math.floor(float(recipe.seconds) * fps + 0.5))  # half up, not banker's rounding

@@ -59,6 +59,7 @@ class TakeStats:
     decoder_calls: int = 0
     chunks_done: int = 0
     frames: int = 0
+    cancelled: bool = False  # stopped by the caller's cancel event before the last frame
     denoise_s: float = 0.0  # wall time inside the denoiser engine
     decode_s: float = 0.0  # wall time inside the decoder engine
 
@@ -191,6 +192,7 @@ class DraftModel:
         previous: np.ndarray | None = None  # clean latents of the last window
         for chunk in chunks:
             if cancel is not None and cancel.is_set():
+                stats.cancelled = True
                 return
             noise = chunk_noise(recipe.seed, chunk.index, (1, layout.channels, chunk.new, lat_h, lat_w))
             camera = None if camera_window is None else camera_window(chunk.start - chunk.context, window)

@@ -19,6 +19,8 @@ from typing import Any
 import av
 import numpy as np
 
+from previz.errors import OutputError
+
 RECIPE_TAG = "comment"  # a standard MP4 tag: ffprobe and most players show it
 
 
@@ -33,6 +35,21 @@ def metadata_tags(meta: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def check_output_path(path: Path) -> Path:
+    """Fail before any work if ``path`` cannot receive a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"output {path} is a directory; give a file name such as {path / 'take.mp4'}",
+                          field="output", value=str(path))
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: {parent} is not a writable directory",
+                          field="output", value=str(path))
+    return path
+
+
 def write_mp4(
     path: Path,
     frames: Iterable[np.ndarray],
@@ -42,9 +59,12 @@ def write_mp4(
     crf: int = 18,
 ) -> int:
     """Encode RGB uint8 frames [H, W, 3]; returns the number written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
+    path = check_output_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}", field="output", value=str(path)) from None
     os.close(fd)
     tmp = Path(tmp_name)
     count = 0
@@ -69,7 +89,18 @@ def write_mp4(
             container.mux(stream.encode(None))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a take is an ordinary file
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror}", field="output", value=str(path)) from None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a crash
+        finally:
+            os.close(dir_fd)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
