@@ -183,12 +183,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _draft_graphs(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     from previz.draft_graphs import build_decoder_graph, build_denoiser_graph
     from previz.recipe import resolve
-    from previz.text import TextEncoder
+    from previz.text import text_shape
 
     pack = open_pack(args.pack, _say)
     recipe = resolve(Recipe(prompt="-", width=args.width, height=args.height, pack=args.pack), pack)
-    tokens = int(pack.conditioning.get("text", {}).get("tokens", 64))
-    dim = int(pack.conditioning.get("text", {}).get("dim", 0)) or TextEncoder(pack).dim
+    tokens, dim = text_shape(pack)
     assert recipe.width and recipe.height
     denoiser, _ = build_denoiser_graph(pack, recipe.width, recipe.height, text_tokens=tokens, text_dim=dim)
     return pack, [denoiser, build_decoder_graph(pack, recipe.width, recipe.height)]

@@ -17,21 +17,28 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from previz.errors import PackError
 from previz.packs import Pack, load_component, load_tokenizer
+
+
+def text_shape(pack: Pack) -> tuple[int, int]:
+    """(tokens, width) of the text states a pack's denoiser reads, from its manifest."""
+    cond = pack.conditioning.get("text") or {}
+    try:
+        return int(cond["tokens"]), int(cond["dim"])
+    except (KeyError, TypeError, ValueError):
+        raise PackError(f"pack {pack.id!r}: conditioning.text needs integer 'tokens' and 'dim'") from None
 
 
 class TextEncoder:
     def __init__(self, pack: Pack, *, cache_size: int = 64) -> None:
-        cond = pack.conditioning.get("text", {})
-        self.tokens = int(cond.get("tokens", 64))
-        self.dim = int(cond.get("dim", 0))
+        self.tokens, self.dim = text_shape(pack)
         self.tokenizer = load_tokenizer(pack)
         self.model = load_component(pack, "text_encoder")
         config = self.model.config
         hidden = int(getattr(config, "hidden_size", None) or config.d_model)  # BERT names it one way, T5 another
-        if self.dim and hidden != self.dim:
-            raise ValueError(f"pack {pack.id!r}: text encoder width {hidden} != conditioning dim {self.dim}")
-        self.dim = hidden
+        if hidden != self.dim:
+            raise PackError(f"pack {pack.id!r}: text encoder width {hidden} != conditioning.text.dim {self.dim}")
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()

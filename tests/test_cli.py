@@ -69,6 +69,33 @@ def test_bad_input_is_one_line_naming_the_value(test_pack, tmp_path, capsys, arg
     assert not (tmp_path / "x.mp4").exists()
 
 
+@pytest.mark.parametrize("output", ["dir", "file-as-dir"])
+def test_unwritable_outputs_fail_before_any_work(test_pack, tmp_path, capsys, output):
+    (tmp_path / "plain-file").write_text("x")
+    target = tmp_path if output == "dir" else tmp_path / "plain-file" / "take.mp4"
+    code = main(["draft", "a cube", "--pack", "previz-test", "-o", str(target)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("previz: error: ") and str(target) in err[-1]
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["draft", "a cube", "--seconds", "abc"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "'abc'" in err[0]
+
+
+def test_written_takes_are_ordinary_files(test_pack, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "take.mp4"
+    assert main(["draft", "a cube", "--pack", "previz-test", "--seconds", "0.2", "-q", "-o", str(out)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
 def test_pickle_weights_in_a_pack_are_refused_by_the_cli(test_pack, tmp_path, capsys):
     bad = tmp_path / "bad-pack"
     shutil.copytree(test_pack.root, bad)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines import available_backends, create_engine, resolve_backend
+from engines import available_backends, create_engine, cuda_device_name, resolve_backend
 from engines.base import Engine
 from engines.export import check_external_data, export_onnx, to_fp16
 from engines.onnxruntime_backend import provider_chain
@@ -20,7 +20,7 @@ def test_onnxruntime_matches_torch_on_the_same_pack(torch_model, ort_model):
         engine_o = ort_model.denoiser if graph.name == "denoiser" else ort_model.decoder
         out_t = engine_t.run(inputs)[graph.output]
         out_o = engine_o.run(inputs)[graph.output]
-        assert out_t.shape == out_o.shape == (out_t.shape)
+        assert out_t.shape == out_o.shape and out_t.dtype == out_o.dtype == np.float32
         assert np.abs(out_t - out_o).max() <= 1e-3, graph.name
         assert np.abs(out_t).max() > 0  # not a trivially zero graph
 
@@ -50,8 +50,9 @@ def test_engines_satisfy_the_protocol_and_report_real_providers(torch_model, ort
     for engine in (torch_model.denoiser, ort_model.denoiser, ort_model.decoder):
         assert isinstance(engine, Engine)
     assert torch_model.denoiser.info.backend == "torch"
-    assert ort_model.denoiser.info.providers == ("CPUExecutionProvider",)  # no GPU here
-    assert ort_model.denoiser.info.device == "cpu"
+    if cuda_device_name() is None:  # onnxruntime-gpu lists GPU providers anyway; none may be used
+        assert ort_model.denoiser.info.providers == ("CPUExecutionProvider",)
+        assert ort_model.denoiser.info.device == "cpu"
 
 
 def test_provider_chain_asks_for_gpu_providers_only_with_a_gpu(tmp_path):
@@ -119,12 +120,15 @@ def test_fp16_conversion_for_tensorrt_keeps_fp32_io_and_runs(torch_model, cache_
 
 
 @pytest.mark.gpu
-def test_tensorrt_matches_torch_on_gpu(torch_model, cache_dir):
-    engine = create_engine("tensorrt", torch_model.decoder_graph, cache_dir)
-    inputs = torch_model.decoder_graph.example_inputs(seed=2)
-    out = engine.run(inputs)["frames"]
-    ref = torch_model.decoder.run(inputs)["frames"]
-    assert np.abs(out - ref).max() < 2e-2
+@pytest.mark.parametrize("which", ["decoder", "denoiser"])
+def test_tensorrt_matches_torch_on_gpu(torch_model, cache_dir, which):
+    graph = getattr(torch_model, f"{which}_graph")
+    reference = getattr(torch_model, which)
+    engine = create_engine("tensorrt", graph, cache_dir)
+    inputs = graph.example_inputs(seed=2)
+    out = engine.run(inputs)[graph.output]
+    ref = reference.run(inputs)[graph.output]
+    assert np.abs(out - ref).max() < 5e-2 * max(1.0, float(np.abs(ref).max()))
     assert engine.info.backend == "tensorrt" and engine.info.precision == "fp16"
 
 

@@ -175,3 +175,77 @@ def test_a_pack_with_another_latent_layout_drafts_without_code_changes(tmp_path,
 
 TEST_TRANSFORMER_SMALL = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, freq_dim=16,
                               ffn_dim=32, num_layers=1)
+
+
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda d: [], "JSON object"),
+        (lambda d: {**d, "components": []}, "components must be an object"),
+        (lambda d: {**d, "draft": {**d["draft"], "fps": "30"}}, "fps = '30' should be int"),
+        (lambda d: {**d, "draft": {**d["draft"], "context_frames": 3}}, "context_frames"),
+        (lambda d: {**d, "latent": {**d["latent"], "temporal": 0}}, "temporal = 0"),
+        (lambda d: {**d, "id": ["a"]}, "id must be a non-empty string"),
+        (lambda d: {**d, "latent": {**d["latent"], "colour": 1}}, "unknown field 'colour'"),
+    ],
+)
+def test_malformed_manifests_are_pack_errors(test_pack, pack_copy, mutate, needle):
+    data = json.loads((pack_copy / MANIFEST_NAME).read_text())
+    (pack_copy / MANIFEST_NAME).write_text(json.dumps(mutate(data)))
+    with pytest.raises(PackError, match=needle):
+        load_pack(str(pack_copy))
+
+
+def test_undecodable_manifest_is_a_pack_error(pack_copy):
+    (pack_copy / MANIFEST_NAME).write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(PackError, match="not a readable JSON file"):
+        load_pack(str(pack_copy))
+
+
+@pytest.mark.parametrize("ref", ["owner/na..me", "o/-x", "owner/name."])
+def test_invalid_hub_ids_are_unknown_packs(ref, tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(UnknownPackError):
+        load_pack(ref)
+
+
+def test_one_broken_pack_does_not_hide_the_others(test_pack, tmp_path, monkeypatch):
+    from previz.packs import list_packs
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / MANIFEST_NAME).write_text("{")
+    shutil.copytree(test_pack.root, tmp_path / "good")
+    monkeypatch.setenv("PREVIZ_PACKS", str(tmp_path))
+    assert [p.id for p in list_packs() if p.root.parent == tmp_path] == ["previz-test"]
+
+
+def test_pack_builder_refuses_a_directory_that_is_not_a_pack(tmp_path):
+    (tmp_path / "my-films").mkdir()
+    (tmp_path / "my-films" / "precious.mov").write_bytes(b"footage")
+    with pytest.raises(PackError, match="not a pack"):
+        make_test_pack(tmp_path / "my-films")
+    assert (tmp_path / "my-films" / "precious.mov").read_bytes() == b"footage"
+
+
+def test_a_causal_layout_gives_one_frame_for_the_first_latent(tmp_path, cache_dir):
+    """Wan-VAE-style layouts: 1 + 4k frames, the first latent frame decodes to one frame."""
+
+    from conftest import TEST_DRAFT
+
+    from previz.recipe import Recipe
+    from previz.take import DraftModel
+
+    layout = LatentLayout(space="causal-v0", channels=16, temporal=4, spatial=8, causal_first_frame=True)
+    make_test_pack(tmp_path / "causal", pack_id="causal", latent=layout, draft=TEST_DRAFT,
+                   transformer=dict(TEST_TRANSFORMER_SMALL))
+    pack = load_pack(str(tmp_path / "causal"))
+    model = DraftModel(pack, "torch", cache_dir=cache_dir)
+    latents = []
+    frames = list(model.generate(Recipe(prompt="a tree", seconds=0.3, pack=str(pack.root)),
+                                 on_chunk=lambda c, z: latents.append(z)))
+    assert len(frames) == 9  # 0.3 s at 30 fps
+    assert sum(z.shape[2] for z in latents) == 3  # 1 + 2 groups of 4
+    first = model.decoder.run({"latents": np.ascontiguousarray(latents[0][:, :, 0])})["frames"]
+    from previz.take import to_uint8
+
+    assert np.array_equal(frames[0].image, to_uint8(first[-1]))

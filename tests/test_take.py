@@ -43,6 +43,12 @@ def test_frames_count_index_and_pts(torch_model):
     assert sorted({f.chunk for f in frames}) == list(range(frames[-1].chunk + 1))
 
 
+def test_an_uncancelled_take_says_so(torch_model):
+    stats = TakeStats()
+    frames = list(torch_model.generate(Recipe(prompt="a storm", seconds=0.2), stats=stats))
+    assert frames[-1].last and not stats.cancelled
+
+
 def test_first_frames_arrive_before_the_last_chunk_is_computed(torch_model):
     stats = TakeStats()
     recipe = Recipe(prompt="a tall ship", seed=2, seconds=2.0)
@@ -70,9 +76,9 @@ def test_cancel_stops_at_the_next_chunk_boundary(torch_model):
         got.append(frame)
         if frame.index == 0:
             cancel.set()
-    assert stats.chunks_done == 1
+    assert stats.chunks_done == 1 and stats.cancelled
     assert 0 < len(got) < 90
-    assert got[-1].chunk == 0
+    assert got[-1].chunk == 0 and not got[-1].last
 
 
 def test_the_recorded_recipe_names_the_backend_that_ran(torch_model):
