@@ -39,6 +39,7 @@ TARGET_DISTANCE = 4.0  # metres from camera to the subject that presets frame
 EASES = ("linear", "in", "out", "in_out")
 PRESET_RATE = 24  # keyframes per second when a preset is expanded
 MIN_FOCAL_MM, MAX_FOCAL_MM = 4.0, 1200.0
+ZOOM_RANGE_MM = (12.0, 400.0)  # a long cine zoom's range
 
 
 class CameraError(PrevizError, ValueError):
@@ -291,7 +292,10 @@ def preset_path(name: str, seconds: float, speed: float = 1.0, ease: str = "in_o
         positions = p0 + np.outer(amount, [0.0, 1.0, 0.0])
         rotations = Rotation.concatenate([look_at(p, target) for p in positions])  # keeps the subject framed
     elif kind == "zoom":
-        focal = focal_mm * np.exp(amount)
+        # A zoom lens stops at the ends of its range: a crash zoom gets there and
+        # holds.  tanh eases into the stop, so the path has no kink to overshoot.
+        limit = math.log((ZOOM_RANGE_MM[1] if sign > 0 else ZOOM_RANGE_MM[0]) / focal_mm)
+        focal = focal_mm * np.exp(limit * np.tanh(amount / limit)) if abs(limit) > 1e-9 else focal
     elif kind == "dolly_zoom":
         # Vertigo: dolly one way, zoom the other, so focal / distance (the
         # subject's size on screen) stays constant while perspective changes.

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -111,6 +112,43 @@ def test_errors_from_the_installed_script_have_no_traceback(test_pack):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "previz: error: seconds = -1.0: more than 0 and at most 5 for pack 'previz-test'")
+
+
+@pytest.mark.skipif(FFPROBE is None, reason="ffprobe (Debian's ffmpeg) is not installed")
+def test_camera_flags_reach_the_recipe_and_the_take_goes_back_to_chan(test_pack, tmp_path, capsys):
+    from previz.camera import path_from_spec, read_chan
+
+    take = tmp_path / "orbit.mp4"
+    assert main(["draft", "a cube", "--pack", "previz-test", "--seconds", "1", "--camera", "orbit_left:1.5",
+                 "--shake", "0.3", "-q", "-o", str(take)]) == 0
+    meta = json.loads(ffprobe(take)["format"]["tags"]["comment"])
+    assert meta["recipe"]["camera"] == {"preset": "orbit_left", "speed": 1.5,
+                                        "shake": {"amplitude": 0.3, "seed": 0}}
+    chan = tmp_path / "orbit.chan"
+    assert main(["camera", "--take", str(take), "--fps", "30", "-o", str(chan)]) == 0
+    from_chan = read_chan(chan.read_text(), fps=30, aspect=64 / 32)
+    original = path_from_spec(meta["recipe"]["camera"], 1.0)
+    np.testing.assert_allclose(from_chan.frames(30, 31).c2w, original.frames(30, 31).c2w, atol=1e-6)
+    # ... and a .chan drives a take.
+    again = tmp_path / "from-chan.mp4"
+    assert main(["draft", "a cube", "--pack", "previz-test", "--seconds", "1", "--camera-file", str(chan),
+                 "-q", "-o", str(again)]) == 0
+    assert "keyframes" in json.loads(ffprobe(again)["format"]["tags"]["comment"])["recipe"]["camera"]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--camera", "barrel_roll"], "unknown camera preset 'barrel_roll'"),
+        (["--camera", "pan_left:fast"], "camera speed 'fast'"),
+        (["--camera-file", "/nonexistent/cam.chan"], "cannot read camera file"),
+        (["--camera", "pan_left", "--camera-file", "x.chan"], "not both"),
+    ],
+)
+def test_bad_cameras_are_one_line_errors(test_pack, tmp_path, capsys, args, needle):
+    code = main(["draft", "a cube", "--pack", "previz-test", *args, "-o", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("previz: error: ") and needle in err[-1]
 
 
 def test_models_lists_packs_and_backends(test_pack, capsys):

@@ -129,3 +129,30 @@ def test_resolve_fills_the_pack_defaults(test_pack):
     assert Recipe.from_dict(r.to_dict()) == r
     with pytest.raises(InvalidRecipeError, match="unknown recipe field 'colour'"):
         Recipe.from_dict({**r.to_dict(), "colour": "red"})
+
+
+def test_the_camera_reaches_the_denoiser(torch_model):
+    assert "camera" in torch_model.denoiser_graph.inputs
+    assert torch_model.denoiser_graph.inputs["camera"][1] == 24
+    still = frames_of(torch_model, Recipe(prompt="a cube", seed=4, seconds=0.5))
+    orbit = frames_of(torch_model, Recipe(prompt="a cube", seed=4, seconds=0.5,
+                                          camera={"preset": "orbit_left", "speed": 3}))
+    assert not np.array_equal(still, orbit)
+    again = frames_of(torch_model, Recipe(prompt="a cube", seed=4, seconds=0.5, camera={"preset": "static"}))
+    assert np.array_equal(still, again)  # no camera = a locked-off camera
+
+
+def test_a_camera_only_change_never_re_encodes_text(torch_model):
+    prompt = "a camera-only change, unique prompt"
+    before = torch_model.text.encode_calls
+    for camera in ({"preset": "pan_left"}, {"preset": "dolly_in", "speed": 2}, {"preset": "zoom_in"}):
+        list(torch_model.generate(Recipe(prompt=prompt, seconds=0.2, camera=camera)))
+    assert torch_model.text.encode_calls == before + 1
+
+
+def test_bad_cameras_are_recipe_errors_naming_the_camera(test_pack):
+    from previz.camera import CameraError
+
+    with pytest.raises(CameraError) as err:
+        resolve(Recipe(prompt="a cube", camera={"preset": "barrel_roll"}), test_pack)
+    assert err.value.field == "camera" and "barrel_roll" in err.value.message

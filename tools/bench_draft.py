@@ -7,9 +7,10 @@ with like.  Prints markdown for BENCHMARKS.md.
     python tools/bench_draft.py --stock-frames 0    # skip the (slow) stock WanPipeline run
 
 What is measured
-- fps and realtime factor (fps / 30) for whole takes (text, denoise, decode,
-  uint8 conversion; no file writing), median of --repeats takes, each with a
-  new prompt so text encoding is included as in live use.
+- fps and realtime factor (fps / 30) for whole takes (text, camera
+  conditioning, denoise, decode, uint8 conversion; no file writing), median of
+  --repeats takes, each with a new prompt so text encoding is included as in
+  live use, all with an orbit_left camera move.
 - time to first frame: from the take's start to the first frame in hand.
 - GFLOP per video frame of the denoiser and decoder (torch's FlopCounterMode:
   matmuls, convolutions, attention), beside the GEMM GFLOP/s this machine
@@ -78,7 +79,8 @@ def bench_backend(pack: Any, backend: str, seconds: float, repeats: int) -> dict
     rows = []
     for i in range(repeats + 1):
         stats = TakeStats()
-        recipe = Recipe(prompt=f"a red cube on a sandy plain, take {i}", seed=i, seconds=seconds, backend=backend)
+        recipe = Recipe(prompt=f"a red cube on a sandy plain, take {i}", seed=i, seconds=seconds, backend=backend,
+                        camera={"preset": "orbit_left"})
         start = time.perf_counter()
         n = sum(1 for _ in model.generate(recipe, stats=stats))
         elapsed = time.perf_counter() - start
@@ -101,13 +103,27 @@ def bench_ours_for_frames(model: Any, frames: int) -> tuple[float, float]:
     from previz.recipe import Recipe
     from previz.take import TakeStats
 
-    recipe = Recipe(prompt="a red cube on a sandy plain", seed=0, seconds=frames / model.fps)
+    recipe = Recipe(prompt="a red cube on a sandy plain", seed=0, seconds=frames / model.fps,
+                    camera={"preset": "orbit_left"})
     list(model.generate(recipe))  # warm, and caches the prompt as the stock run gets its embeds for free
     stats = TakeStats()
     start = time.perf_counter()
     n = sum(1 for _ in model.generate(recipe, stats=stats))
     assert n == frames, (n, frames)
     return time.perf_counter() - start, stats.denoise_s
+
+
+def without_camera_channels(transformer: Any, channels: int) -> Any:
+    """The same weights, less the patch-embedding inputs for camera channels stock Wan does not feed."""
+    from diffusers import WanTransformer3DModel
+
+    if transformer.config.in_channels == channels:
+        return transformer
+    stock = WanTransformer3DModel.from_config({**transformer.config, "in_channels": channels}).eval()
+    state = transformer.state_dict()
+    state["patch_embedding.weight"] = state["patch_embedding.weight"][:, :channels]
+    stock.load_state_dict(state)
+    return stock
 
 
 def bench_stock(pack: Any, model: Any, frames: int) -> tuple[float, float]:
@@ -123,7 +139,7 @@ def bench_stock(pack: Any, model: Any, frames: int) -> tuple[float, float]:
         vae=AutoencoderKLWan().eval(),  # the real Wan 2.1 VAE configuration (random weights)
         scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                           flow_shift=draft.shift),
-        transformer=load_component(pack, "denoiser"),
+        transformer=without_camera_channels(load_component(pack, "denoiser"), pack.latent.channels),
     )
     pipe.set_progress_bar_config(disable=True)
     embeds = torch.from_numpy(np.array(model.text("a red cube on a sandy plain")))
