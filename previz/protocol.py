@@ -1,0 +1,219 @@
+"""Protocol v1, sans-I/O: parse client messages, build server events and binary frame headers.
+
+Pure functions and dataclasses only; the server moves bytes, this module says
+what they mean.  Every malformed input becomes a :class:`ProtocolError` with a
+code, a message and the offending field, which the server sends back as an
+``error`` event without closing the connection.  See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from previz.errors import PrevizError
+
+VERSION = 1
+MAX_TEXT_BYTES = 64 * 1024  # control messages are small; a 1 MB prompt is refused before parsing
+
+# Binary frame header, network byte order:
+#   version u8 | flags u8 | image format u8 | reserved u8 |
+#   take id u32 | chunk u32 | frame index u32 | pts u32 (1/fps units)
+FRAME_HEADER = struct.Struct("!BBBBIIII")
+FLAG_LAST = 0x01  # the take's last frame
+FORMAT_JPEG, FORMAT_WEBP = 1, 2
+IMAGE_FORMATS = {"jpeg": FORMAT_JPEG, "webp": FORMAT_WEBP}
+
+RECIPE_FIELDS = {
+    "prompt": str,
+    "negative_prompt": str,
+    "seed": int,
+    "seconds": (int, float),
+    "width": int,
+    "height": int,
+    "steps": int,
+    "camera": dict,
+}
+
+
+class ProtocolError(PrevizError):
+    code = "bad_message"
+
+    def __init__(self, message: str, *, code: str = "bad_message", field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Message:
+    """A parsed client message: its type, optional request id, and checked fields."""
+
+    type: str
+    id: str | int | None
+    fields: dict[str, Any]
+
+
+def _fail(message: str, field: str | None = None, code: str = "bad_message") -> ProtocolError:
+    return ProtocolError(message, code=code, field=field)
+
+
+def _check_recipe(value: Any, *, partial: bool) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail("recipe must be an object", "recipe")
+    unknown = sorted(set(value) - set(RECIPE_FIELDS))
+    if unknown:
+        raise _fail(f"unknown recipe field {unknown[0]!r}", f"recipe.{unknown[0]}", "unknown_field")
+    for key, kind in RECIPE_FIELDS.items():
+        if key not in value:
+            continue
+        v = value[key]
+        if isinstance(v, bool) or not isinstance(v, kind):
+            name = kind.__name__ if isinstance(kind, type) else "number"
+            raise _fail(f"recipe.{key} must be a {name}, got {type(v).__name__}", f"recipe.{key}", "wrong_type")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise _fail(f"recipe.{key} must be finite", f"recipe.{key}", "wrong_type")
+    if not partial and "prompt" not in value:
+        raise _fail("generate needs recipe.prompt", "recipe.prompt", "missing_field")
+    return dict(value)
+
+
+def _draft_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail("draft_id must be a non-empty string", "draft_id", "wrong_type")
+    return value
+
+
+# type -> (required fields, optional fields, checker)
+def _fields_generate(m: dict[str, Any]) -> dict[str, Any]:
+    return {"recipe": _check_recipe(m.get("recipe"), partial=False)}
+
+
+def _fields_update(m: dict[str, Any]) -> dict[str, Any]:
+    recipe = _check_recipe(m.get("recipe"), partial=True)
+    if not recipe:
+        raise _fail("update needs at least one recipe field", "recipe", "missing_field")
+    return {"recipe": recipe}
+
+
+def _fields_hello(m: dict[str, Any]) -> dict[str, Any]:
+    version = m.get("version", VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _fail("version must be an integer", "version", "wrong_type")
+    if version != VERSION:
+        raise _fail(f"protocol version {version} is not supported; this server speaks {VERSION}", "version",
+                    "unsupported_version")
+    return {"version": version}
+
+
+def _fields_none(m: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _fields_draft(m: dict[str, Any]) -> dict[str, Any]:
+    return {"draft_id": _draft_id(m.get("draft_id"))}
+
+
+def _fields_promote(m: dict[str, Any]) -> dict[str, Any]:
+    options = m.get("options", {})
+    if not isinstance(options, dict):
+        raise _fail("options must be an object", "options", "wrong_type")
+    return {"draft_id": _draft_id(m.get("draft_id")), "options": options}
+
+
+def _fields_list(m: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "limit" in m:
+        limit = m["limit"]
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise _fail("limit must be an integer from 1 to 1000", "limit", "wrong_type")
+        out["limit"] = limit
+    if "state" in m:
+        if not isinstance(m["state"], str):
+            raise _fail("state must be a string", "state", "wrong_type")
+        out["state"] = m["state"]
+    return out
+
+
+MESSAGE_TYPES = {
+    "hello": (_fields_hello, {"version"}),
+    "generate": (_fields_generate, {"recipe"}),
+    "update": (_fields_update, {"recipe"}),
+    "cancel": (_fields_none, set()),
+    "approve": (_fields_draft, {"draft_id"}),
+    "reject": (_fields_draft, {"draft_id"}),
+    "promote": (_fields_promote, {"draft_id", "options"}),
+    "list_drafts": (_fields_list, {"limit", "state"}),
+    "get_draft": (_fields_draft, {"draft_id"}),
+}
+
+
+def parse_message(data: str | bytes) -> Message:
+    """One client message.  Raises ProtocolError; never anything else."""
+    if isinstance(data, bytes):
+        raise _fail("binary messages are not accepted from clients; send JSON text", None, "binary_not_allowed")
+    if len(data) > MAX_TEXT_BYTES:
+        raise _fail(f"message of {len(data)} characters is over the {MAX_TEXT_BYTES} limit", None, "too_large")
+    try:
+        m = json.loads(data)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise _fail(f"invalid JSON: {exc}", None, "invalid_json") from None
+    if not isinstance(m, dict):
+        raise _fail("a message is a JSON object", None, "bad_message")
+    kind = m.get("type")
+    if not isinstance(kind, str):
+        raise _fail("message needs a string 'type'", "type", "missing_field")
+    if kind not in MESSAGE_TYPES:
+        raise _fail(f"unknown message type {kind!r}", "type", "unknown_type")
+    request_id = m.get("id")
+    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
+        raise _fail("id must be a string or an integer", "id", "wrong_type")
+    checker, allowed = MESSAGE_TYPES[kind]
+    unknown = sorted(set(m) - allowed - {"type", "id"})
+    if unknown:
+        raise _fail(f"unknown field {unknown[0]!r} for {kind}", unknown[0], "unknown_field")
+    return Message(type=kind, id=request_id, fields=checker(m))
+
+
+# ----------------------------------------------------------------------------- server -> client
+
+
+def event(kind: str, request_id: str | int | None = None, **fields: Any) -> str:
+    """A JSON event.  ``re`` echoes the id of the request it answers."""
+    body: dict[str, Any] = {"type": kind, **fields}
+    if request_id is not None:
+        body["re"] = request_id
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+def error_event(exc: PrevizError, request: str | None = None, request_id: str | int | None = None) -> str:
+    return event("error", request_id, code=exc.code, message=exc.message, field=exc.field, request=request)
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    take_id: int
+    chunk: int
+    index: int
+    pts: int
+    last: bool = False
+    image_format: int = FORMAT_JPEG
+    version: int = VERSION
+
+
+def pack_frame(header: FrameHeader, image: bytes) -> bytes:
+    flags = FLAG_LAST if header.last else 0
+    return FRAME_HEADER.pack(header.version, flags, header.image_format, 0, header.take_id, header.chunk,
+                             header.index, header.pts) + image
+
+
+def unpack_frame(data: bytes) -> tuple[FrameHeader, bytes]:
+    if len(data) < FRAME_HEADER.size:
+        raise _fail(f"frame message shorter than its {FRAME_HEADER.size}-byte header", None, "bad_frame")
+    version, flags, image_format, _, take_id, chunk, index, pts = FRAME_HEADER.unpack_from(data)
+    if version != VERSION:
+        raise _fail(f"frame version {version}, expected {VERSION}", None, "bad_frame")
+    header = FrameHeader(take_id, chunk, index, pts, bool(flags & FLAG_LAST), image_format, version)
+    return header, data[FRAME_HEADER.size :]
