@@ -27,7 +27,7 @@ FLAG_LAST = 0x01  # the take's last frame
 FORMAT_JPEG, FORMAT_WEBP = 1, 2
 IMAGE_FORMATS = {"jpeg": FORMAT_JPEG, "webp": FORMAT_WEBP}
 
-RECIPE_FIELDS = {
+RECIPE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "prompt": str,
     "negative_prompt": str,
     "seed": int,
@@ -105,7 +105,10 @@ def _fields_hello(m: dict[str, Any]) -> dict[str, Any]:
     if version != VERSION:
         raise _fail(f"protocol version {version} is not supported; this server speaks {VERSION}", "version",
                     "unsupported_version")
-    return {"version": version}
+    token = m.get("token")
+    if token is not None and not isinstance(token, str):
+        raise _fail("token must be a string", "token", "wrong_type")
+    return {"version": version, "token": token}
 
 
 def _fields_none(m: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +141,7 @@ def _fields_list(m: dict[str, Any]) -> dict[str, Any]:
 
 
 MESSAGE_TYPES = {
-    "hello": (_fields_hello, {"version"}),
+    "hello": (_fields_hello, {"version", "token"}),
     "generate": (_fields_generate, {"recipe"}),
     "update": (_fields_update, {"recipe"}),
     "cancel": (_fields_none, set()),
