@@ -63,3 +63,21 @@ class OutputError(PrevizError):
     """A file previz was asked to write cannot be written there."""
 
     code = "output_error"
+
+
+class DraftError(PrevizError):
+    """A stored draft cannot be read, changed or promoted as asked."""
+
+    code = "draft_error"
+
+
+class UnknownDraftError(DraftError, LookupError):
+    """No draft (or draft file) by that id or name; also any malformed id."""
+
+    code = "unknown_draft"
+
+
+class InvalidTransitionError(DraftError):
+    """A state change a draft's current state does not allow (e.g. un-promoting)."""
+
+    code = "invalid_transition"

@@ -1,0 +1,156 @@
+"""`previz drafts list | show | approve | reject | promote | export`: the draft store from a terminal.
+
+Every user error is a :class:`previz.errors.PrevizError` (bad id, bad state,
+invalid transition); the main CLI prints it as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from previz.drafts import (
+    DEFAULT_JOB_OPTIONS,
+    DRAFT_STATES,
+    FINAL_FORMATS,
+    FINAL_RESOLUTIONS,
+    Draft,
+    DraftStore,
+    default_store_root,
+)
+
+PROMPT_WIDTH = 40
+FINAL_STAGE_NOTE = "The final stage that renders queued jobs does not exist yet, so this job stays queued."
+
+
+def _open(args: argparse.Namespace) -> DraftStore:
+    return DraftStore(args.store or default_store_root())
+
+
+def _pack_label(draft: Draft) -> str:
+    """The pack that made a draft, and honestly whether it was trained."""
+    pack = draft.meta.get("pack")
+    if not isinstance(pack, dict):
+        pack = {}
+    pack_id = str(pack.get("id", "?"))
+    if not pack.get("trained", False):
+        return f"{pack_id} (untrained)"
+    label = str(pack.get("label", "") or "trained")
+    return f"{pack_id} ({label})"
+
+
+def _prompt(draft: Draft) -> str:
+    text = " ".join(str(draft.recipe.get("prompt", "")).split())  # newlines and tabs would break the table
+    return text if len(text) <= PROMPT_WIDTH else text[: PROMPT_WIDTH - 3] + "..."
+
+
+def _when(created: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        drafts = store.list(limit=args.limit, state=args.state)
+        if not drafts:
+            which = f"{args.state} drafts" if args.state else "drafts"
+            print(f"no {which} in {store.root}")
+            return 0
+        rows: list[tuple[str, ...]] = [("ID", "CREATED", "STATE", "FRAMES", "SECONDS", "PACK", "PROMPT")]
+        for d in drafts:
+            rows.append((d.id, _when(d.created), d.state, str(d.frames), f"{d.seconds:.1f}",
+                         _pack_label(d), _prompt(d)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        draft = store.get(args.id)
+        out = draft.to_dict()
+        out["jobs"] = [j.to_dict() for j in store.jobs(draft_id=draft.id)]
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0
+
+
+def _set_state(args: argparse.Namespace, state: str) -> int:
+    with _open(args) as store:
+        draft = store.set_state(args.id, state)
+    print(f"{draft.id}: {draft.state}")
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    return _set_state(args, "approved")
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    return _set_state(args, "rejected")
+
+
+def cmd_unreview(args: argparse.Namespace) -> int:
+    return _set_state(args, "draft")
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {"format": args.format, "resolution": args.resolution}
+    if args.strength is not None:
+        options["strength"] = args.strength
+    with _open(args) as store:
+        job = store.promote(args.id, options)
+    opts = ", ".join(f"{k} {v}" for k, v in sorted(job.options.items()))
+    print(f"{job.draft_id}: promoted; final-render job {job.id} is queued ({opts}).")
+    print(FINAL_STAGE_NOTE)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        path = store.export(args.id, args.output)
+    print(path)
+    return 0
+
+
+def add_drafts_parser(sub: Any) -> None:
+    """Add `drafts` and its subcommands to the main CLI's subparsers object."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", type=Path, default=None, metavar="DIR",
+                        help="draft store directory (default: $PREVIZ_HOME/drafts, i.e. ~/.cache/previz/drafts)")
+
+    def with_id(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("id", help="draft id, e.g. d0123456789abcdef (see `previz drafts list`)")
+        return p
+
+    drafts = sub.add_parser("drafts", help="list, review, promote and export stored draft takes")
+    # The nested subparsers inherit the parser class (one-line usage errors) from `drafts`.
+    dsub = drafts.add_subparsers(dest="drafts_command", required=True, metavar="COMMAND")
+
+    p = dsub.add_parser("list", parents=[common], help="stored drafts, newest first")
+    p.add_argument("--state", choices=DRAFT_STATES, default=None)
+    p.add_argument("--limit", type=int, default=50, help="at most this many (1-1000, default 50)")
+    p.set_defaults(func=cmd_list)
+
+    with_id(dsub.add_parser("show", parents=[common], help="a draft's full record and its jobs, as JSON")
+            ).set_defaults(func=cmd_show)
+    with_id(dsub.add_parser("approve", parents=[common], help="mark a draft approved")).set_defaults(func=cmd_approve)
+    with_id(dsub.add_parser("reject", parents=[common], help="mark a draft rejected")).set_defaults(func=cmd_reject)
+    with_id(dsub.add_parser("unreview", parents=[common], help="return an approved or rejected draft to draft")
+            ).set_defaults(func=cmd_unreview)
+
+    p = with_id(dsub.add_parser("promote", parents=[common],
+                                help="queue an approved draft for the final 4K render"))
+    p.add_argument("--format", choices=FINAL_FORMATS, default=DEFAULT_JOB_OPTIONS["format"],
+                   help="delivery format (default %(default)s)")
+    p.add_argument("--resolution", choices=FINAL_RESOLUTIONS, default=DEFAULT_JOB_OPTIONS["resolution"],
+                   help="delivery size (default %(default)s)")
+    p.add_argument("--strength", type=float, default=None, help="refinement strength in (0, 1]")
+    p.set_defaults(func=cmd_promote)
+
+    p = with_id(dsub.add_parser("export", parents=[common], help="copy a draft's MP4 out of the store"))
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="PATH",
+                   help="a file, or a directory (the file is then named <id>.mp4)")
+    p.set_defaults(func=cmd_export)
