@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from previz.camera import CameraError
+from previz.drafts_cli import add_drafts_parser
 from previz.errors import PrevizError, UnknownPackError
 from previz.recipe import DEFAULT_PACK, Recipe
 
@@ -161,6 +162,34 @@ def cmd_camera(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engines import available_backends, resolve_backend
+    from previz.drafts import DraftStore, default_store_root
+    from previz.server import ServeConfig, run
+    from previz.session import SessionLimits
+    from previz.take import DraftModel
+
+    pack = open_pack(args.pack, _say)
+    backend = resolve_backend(args.backend)
+    model = DraftModel(pack, backend)
+    model.warmup()  # the first take should not pay for initialisation
+    store = DraftStore(args.store or default_store_root())
+    config = ServeConfig(
+        host=args.host, port=args.port, max_clients=args.max_clients, allowed_hosts=tuple(args.allow_host),
+        limits=SessionLimits(image_format=args.image_format),
+    )
+    backends = [name for name, reason in available_backends().items() if reason is None]
+    try:
+        asyncio.run(run(config, model=model, store=store, backends=backends, announce=_say))
+    except OSError as exc:  # the port is taken, or the address is not ours
+        raise PrevizError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from engines import available_backends, cuda_device_name
     from previz.packs import list_packs, pack_search_dirs
@@ -256,6 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", type=Path, default=Path("take.mp4"))
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_draft)
+
+    s = sub.add_parser("serve", help="the live previz server: page and websocket on one port")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; others need the token)")
+    s.add_argument("--port", type=int, default=8188)
+    s.add_argument("--pack", default=DEFAULT_PACK)
+    s.add_argument("--backend", default="auto")
+    s.add_argument("--store", type=Path, default=None, help="draft store directory (default ~/.cache/previz/drafts)")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="another Host name clients may use (e.g. the machine's DNS name)")
+    s.add_argument("--max-clients", type=int, default=16)
+    s.add_argument("--image-format", choices=["jpeg", "webp"], default="jpeg")
+    s.set_defaults(func=cmd_serve)
+
+    add_drafts_parser(sub)
 
     c = sub.add_parser("camera", help="write a camera path as .chan (Nuke/Blender) or .json")
     c.add_argument("camera", nargs="?", metavar="PRESET[:SPEED]", help="a preset (default static)")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-# Isolate every test run from the user's own packs and caches, and from the network.
-_HOME = Path(os.environ.setdefault("PREVIZ_TEST_HOME", str(Path(__file__).parent.parent / ".pytest_cache" / "previz")))
+# Isolate every test run from the user's own packs and caches, from other test
+# runs on the same machine, and from the network.
+_HOME = Path(os.environ.get("PREVIZ_TEST_HOME") or tempfile.mkdtemp(prefix="previz-test-"))
+if "PREVIZ_TEST_HOME" not in os.environ:
+    atexit.register(shutil.rmtree, _HOME, True)
 os.environ["PREVIZ_HOME"] = str(_HOME)
 os.environ["PREVIZ_PACKS"] = str(_HOME / "test-packs")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -96,3 +101,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+class LiveServer:
+    """A real previz server on an ephemeral loopback port, in its own thread and event loop."""
+
+    def __init__(self, pack, store_root: Path, cache_dir: Path, **config) -> None:
+        import asyncio
+        import threading
+
+        from previz.drafts import DraftStore
+        from previz.server import PrevizServer, ServeConfig
+        from previz.take import DraftModel
+
+        self.store = DraftStore(store_root)
+        model = DraftModel(pack, "torch", cache_dir=cache_dir)
+        model.warmup()
+        self.loop = asyncio.new_event_loop()
+        self.server = PrevizServer(ServeConfig(port=0, **config), model=model, store=self.store,
+                                   backends=["torch"])
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=60)
+        self.port = self.server.port
+        self.url = self.server.url
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.store.close()
+
+
+@pytest.fixture
+def live_server(test_pack, tmp_path, cache_dir):
+    server = LiveServer(test_pack, tmp_path / "drafts", cache_dir)
+    yield server
+    server.close()

@@ -1,0 +1,226 @@
+"""`previz serve`: the page and the websocket on one port, on websockets' own server.
+
+No model code lives here, and no hand-written HTTP: websockets parses the
+requests, ``process_request`` answers the few static routes, and the session
+does the rest.  Security defaults: loopback bind; Host and Origin allowlists;
+a random token, required in ``hello`` whenever the bind is not loopback and
+compared in constant time; no compression; bounded message size, connection
+count and per-client queues; files addressed by draft id, never by path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import ipaddress
+import itertools
+import mimetypes
+import secrets
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from previz import protocol
+from previz.drafts import DraftStore
+from previz.errors import PrevizError
+from previz.session import Session, SessionLimits
+from previz.take import DraftModel
+from previz.worker import GenerationWorker
+
+DEFAULT_PORT = 8188
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # beyond this the socket closes (1009); the protocol refuses >64 KiB politely
+STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
+DRAFT_FILES = {"thumb.jpg", "take.mp4"}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    max_clients: int = 16
+    allowed_hosts: tuple[str, ...] = ()  # extra Host header values (names other than the bind address)
+    token: str | None = None  # None: generated when the bind is not loopback
+    socket_send_buffer: int | None = None  # bytes the kernel may hold per client (None: the OS default)
+    limits: SessionLimits = field(default_factory=SessionLimits)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class PrevizServer:
+    def __init__(self, config: ServeConfig, *, model: DraftModel, store: DraftStore, backends: list[str]) -> None:
+        self.config = config
+        self.model = model
+        self.store = store
+        self.backends = backends
+        self.token = config.token or (None if is_loopback(config.host) else secrets.token_urlsafe(24))
+        self.worker = GenerationWorker(model)
+        self.store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previz-store")
+        self.sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        self._server: Server | None = None
+        self.port = config.port
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.worker.start()
+        self._server = await serve(
+            self._connection,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            origins=None,  # checked in _process_request against the live port (known only after bind)
+            compression=None,
+            max_size=MAX_MESSAGE_BYTES,
+            max_queue=16,
+            server_header="previz",
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"http://{host}:{self.port}/"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for session in list(self.sessions.values()):
+            session.close()
+        self.worker.stop()
+        self.store_executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _allowed_hosts(self) -> set[str]:
+        names = {self.config.host, *self.config.allowed_hosts}
+        if is_loopback(self.config.host):
+            names |= {"localhost", "127.0.0.1", "[::1]"}
+        return {f"{n}:{self.port}" for n in names} | ({n for n in names} if self.port == 80 else set())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        host = request.headers.get("Host", "")
+        if host not in self._allowed_hosts():
+            return _text(http.HTTPStatus.MISDIRECTED_REQUEST, f"unexpected Host header {host!r}\n")
+        path = request.path.split("?", 1)[0]
+        if path == "/ws":
+            origin = request.headers.get("Origin")  # browsers always send it; other clients may not
+            origin_host = None if origin is None else origin.removeprefix("http://").removeprefix("https://")
+            if origin_host is not None and origin_host not in self._allowed_hosts():
+                return _text(http.HTTPStatus.FORBIDDEN, f"origin {origin!r} is not allowed\n")
+            if len(self.sessions) >= self.config.max_clients:
+                return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
+            return None  # proceed with the websocket handshake
+        if path in STATIC:
+            name = STATIC[path]
+            body = resources.files("previz").joinpath("web", name).read_bytes()
+            return _bytes(http.HTTPStatus.OK, body, mimetypes.guess_type(name)[0] or "application/octet-stream")
+        if path == "/healthz":
+            return _text(http.HTTPStatus.OK, "ok\n")
+        parts = path.strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "drafts" and parts[2] in DRAFT_FILES:
+            try:
+                file = self.store.file_path(parts[1], parts[2])  # validates the id; never a client path
+                body = file.read_bytes()
+            except (PrevizError, OSError):
+                return _text(http.HTTPStatus.NOT_FOUND, "no such draft file\n")
+            return _bytes(http.HTTPStatus.OK, body, "image/jpeg" if parts[2].endswith(".jpg") else "video/mp4")
+        return _text(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    # ------------------------------------------------------------------ websocket
+
+    async def _connection(self, ws: ServerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        session = Session(
+            next(self._ids), loop=loop, model=self.model, worker=self.worker, store=self.store,
+            store_executor=self.store_executor, limits=self.config.limits, backends=self.backends,
+        )
+        self.sessions[session.id] = session
+        sock = ws.transport.get_extra_info("socket")
+        if self.config.socket_send_buffer and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
+        authenticated = self.token is None
+        pump = asyncio.create_task(session.pump(ws.send))
+        try:
+            session.send_event(session.ready_event() if authenticated else protocol.event(
+                "ready", version=protocol.VERSION, auth="token"))
+            async for raw in ws:
+                try:
+                    message = protocol.parse_message(raw)
+                except protocol.ProtocolError as exc:
+                    session.send_event(protocol.error_event(exc))
+                    continue
+                if not authenticated:
+                    authenticated = self._authenticate(session, message)
+                    continue
+                await session.handle(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            session.close()
+            pump.cancel()
+            self.sessions.pop(session.id, None)
+
+    def _authenticate(self, session: Session, message: protocol.Message) -> bool:
+        token = message.fields.get("token") if message.type == "hello" else None
+        if isinstance(token, str) and self.token and hmac.compare_digest(token.encode(), self.token.encode()):
+            session.send_event(session.ready_event())
+            return True
+        session.send_event(protocol.error_event(protocol.ProtocolError(
+            "this server needs its token: send {\"type\": \"hello\", \"version\": 1, \"token\": ...}",
+            code="unauthorized", field="token"), message.type, message.id))
+        return False
+
+
+def _text(status: http.HTTPStatus, text: str) -> Response:
+    return _bytes(status, text.encode(), "text/plain; charset=utf-8")
+
+
+def _bytes(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers([
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Content-Security-Policy", "default-src 'self'; img-src 'self' blob:; connect-src 'self'"),
+    ])
+    return Response(status.value, status.phrase, headers, body)
+
+
+async def run(config: ServeConfig, *, model: DraftModel, store: DraftStore, backends: list[str],
+              announce: Any = print) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    server = PrevizServer(config, model=model, store=store, backends=backends)
+    await server.start()
+    announce(f"previz is live at {server.url}  (pack {model.pack.id}, {model.pack.label}; "
+             f"{model.denoiser.info.backend}: {', '.join(model.denoiser.info.providers)})")
+    if server.token:
+        announce(f"non-loopback bind: clients must send this token in hello: {server.token}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+__all__ = ["DEFAULT_PORT", "PrevizServer", "ServeConfig", "run"]

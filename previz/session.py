@@ -1,0 +1,275 @@
+"""One session per connection: its recipe, its takes, and its bounded outbox.
+
+A session turns protocol messages into takes for the shared worker and turns
+worker results into events and frames for its own socket only, so no frame of
+one client ever reaches another.  Frames wait in a small deque where the
+latest frame wins: a client that reads slowly loses old frames, never stalls
+the worker, and never grows the server's memory.  Control events are few and
+small and are never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import io
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from previz import protocol
+from previz.camera import ALIASES, PRESETS
+from previz.drafts import DraftStore
+from previz.errors import InvalidRecipeError, PrevizError
+from previz.protocol import FrameHeader, Message
+from previz.recipe import MAX_PROMPT_CHARS, Recipe, frame_count, resolve
+from previz.take import DraftModel, Frame
+from previz.worker import GenerationWorker, TakeJob, throughput
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    frame_queue: int = 8  # frames buffered per client before the oldest are dropped
+    image_format: str = "jpeg"
+    jpeg_quality: int = 85
+
+
+def encode_image(image: Any, image_format: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="WEBP" if image_format == "webp" else "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: int,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        model: DraftModel,
+        worker: GenerationWorker,
+        store: DraftStore,
+        store_executor: Executor,
+        limits: SessionLimits,
+        backends: list[str],
+    ) -> None:
+        self.id = session_id
+        self.loop = loop
+        self.model = model
+        self.worker = worker
+        self.store = store
+        self.store_executor = store_executor
+        self.limits = limits
+        self.backends = backends
+        self.recipe: dict[str, Any] | None = None  # the client's fields, before defaults
+        self.take_id = 0
+        self.current: TakeJob | None = None
+        self.control: asyncio.Queue[str] = asyncio.Queue()
+        self.frames: collections.deque[bytes] = collections.deque(maxlen=limits.frame_queue)
+        self.frames_dropped = 0
+        self.wakeup = asyncio.Event()
+        self.closed = False
+
+    # ------------------------------------------------------------------ outbox (event loop thread)
+
+    def send_event(self, text: str) -> None:
+        if not self.closed:
+            self.control.put_nowait(text)
+            self.wakeup.set()
+
+    def push_frame(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if len(self.frames) == self.frames.maxlen:
+            self.frames_dropped += 1  # the deque drops the oldest: the latest frame wins
+        self.frames.append(data)
+        self.wakeup.set()
+
+    async def pump(self, send: Callable[[str | bytes], Awaitable[None]]) -> None:
+        """Send control events first, then frames, until the session closes."""
+        while not self.closed:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while not self.control.empty():
+                await send(self.control.get_nowait())
+            while self.frames and self.control.empty():
+                await send(self.frames.popleft())
+            if not self.control.empty() or self.frames:
+                self.wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.worker.cancel(self.id)
+        self.wakeup.set()
+
+    # ------------------------------------------------------------------ messages
+
+    def ready_event(self) -> str:
+        pack = self.model.pack
+        assert pack.draft is not None
+        return protocol.event(
+            "ready",
+            version=protocol.VERSION,
+            pack={"id": pack.id, "label": pack.label, "trained": pack.trained, "latent_space": pack.latent.space},
+            draft={"width": self.model.width, "height": self.model.height, "fps": self.model.fps},
+            capabilities={
+                "packs": [pack.id],
+                "backends": self.backends,
+                "presets": sorted(PRESETS) + sorted(ALIASES),
+                "image_format": self.limits.image_format,
+                "limits": {
+                    "max_seconds": pack.draft.max_seconds,
+                    "max_prompt_chars": MAX_PROMPT_CHARS,
+                    "size_multiple": pack.draft.size_multiple,
+                    "sizes": [[self.model.width, self.model.height]],
+                    "steps": [1, 4],
+                    "max_message_bytes": protocol.MAX_TEXT_BYTES,
+                },
+            },
+        )
+
+    async def handle(self, message: Message) -> None:
+        handler = getattr(self, f"_on_{message.type}")
+        try:
+            await handler(message)
+        except PrevizError as exc:
+            self.send_event(protocol.error_event(exc, message.type, message.id))
+
+    async def _on_hello(self, message: Message) -> None:
+        self.send_event(protocol.event("hello", message.id, version=protocol.VERSION))
+
+    async def _on_generate(self, message: Message) -> None:
+        self._start(dict(message.fields["recipe"]), message, reason="generate")
+
+    async def _on_update(self, message: Message) -> None:
+        if self.recipe is None:
+            raise protocol.ProtocolError("nothing to update: send generate first", code="no_take", field="type")
+        self._start({**self.recipe, **message.fields["recipe"]}, message, reason="update")
+
+    async def _on_cancel(self, message: Message) -> None:
+        job = self.worker.cancel(self.id)
+        if job is not None:
+            self.send_event(protocol.event("take_cancelled", message.id, take_id=job.take_id, reason="cancel"))
+
+    async def _on_approve(self, message: Message) -> None:
+        await self._set_state(message, "approved")
+
+    async def _on_reject(self, message: Message) -> None:
+        await self._set_state(message, "rejected")
+
+    async def _set_state(self, message: Message, state: str) -> None:
+        draft = await asyncio.to_thread(self.store.set_state, message.fields["draft_id"], state)
+        self.send_event(protocol.event("draft", message.id, draft=await self._draft_dict(draft)))
+
+    async def _on_promote(self, message: Message) -> None:
+        job = await asyncio.to_thread(self.store.promote, message.fields["draft_id"], message.fields["options"])
+        self.send_event(protocol.event(
+            "job_queued", message.id, job=job.to_dict(),
+            message="Promotion recorded: the job is queued. The final stage that renders queued jobs "
+                    "(MoE refine, 4K upscale, delivery encode) is not built yet, so it stays queued.",
+        ))
+        draft = await asyncio.to_thread(self.store.get, message.fields["draft_id"])
+        self.send_event(protocol.event("draft", None, draft=await self._draft_dict(draft)))
+
+    async def _on_list_drafts(self, message: Message) -> None:
+        drafts = await asyncio.to_thread(self.store.list, **message.fields)
+        self.send_event(protocol.event("drafts", message.id, drafts=[d.to_dict() for d in drafts]))
+
+    async def _on_get_draft(self, message: Message) -> None:
+        draft = await asyncio.to_thread(self.store.get, message.fields["draft_id"])
+        self.send_event(protocol.event("draft", message.id, draft=await self._draft_dict(draft)))
+
+    async def _draft_dict(self, draft: Any) -> dict[str, Any]:
+        out: dict[str, Any] = draft.to_dict()
+        jobs = await asyncio.to_thread(self.store.jobs, draft_id=draft.id)
+        out["jobs"] = [j.to_dict() for j in jobs]
+        return out
+
+    # ------------------------------------------------------------------ takes
+
+    def _start(self, fields: dict[str, Any], message: Message, *, reason: str) -> None:
+        try:
+            recipe = resolve(Recipe(**fields, pack=self.model.pack.id, backend=self.model.backend), self.model.pack)
+        except TypeError as exc:  # protocol.py already limits fields; this is belt and braces
+            raise InvalidRecipeError(f"bad recipe: {exc}", field="recipe") from None
+        if (recipe.width, recipe.height) != (self.model.width, self.model.height):
+            field = "recipe.width" if recipe.width != self.model.width else "recipe.height"
+            raise InvalidRecipeError(
+                f"this server drafts at {self.model.width}x{self.model.height}; "
+                f"{recipe.width}x{recipe.height} needs a server started at that size", field=field)
+        self.recipe = fields
+        self.take_id += 1
+        job = TakeJob(
+            session_id=self.id, take_id=self.take_id, recipe=recipe,
+            on_frame=self._frame_from_worker, on_chunk=self._chunk_from_worker,
+            on_done=self._done_from_worker, on_fail=self._fail_from_worker,
+        )
+        self.current = job
+        self.frames.clear()  # frames of the superseded take are stale
+        superseded = self.worker.submit(job)
+        if superseded is not None:
+            self.send_event(protocol.event("take_cancelled", take_id=superseded.take_id, reason=reason))
+        self.send_event(protocol.event(
+            "take_started", message.id, take_id=job.take_id, recipe=recipe.to_dict(),
+            frames=frame_count(recipe, self.model.fps), fps=self.model.fps,
+            chunks=_chunk_count(self.model, recipe),
+        ))
+
+    # Worker-thread callbacks: encode here (off the event loop), then hand over.
+
+    def _frame_from_worker(self, job: TakeJob, frame: Frame) -> None:
+        if self.closed or job is not self.current:
+            return
+        fmt = protocol.IMAGE_FORMATS[self.limits.image_format]
+        data = protocol.pack_frame(
+            FrameHeader(job.take_id, frame.chunk, frame.index, frame.pts, frame.last, fmt),
+            encode_image(frame.image, self.limits.image_format, self.limits.jpeg_quality),
+        )
+        self.loop.call_soon_threadsafe(self.push_frame, data)
+
+    def _chunk_from_worker(self, job: TakeJob, chunk: int) -> None:
+        text = protocol.event("chunk_done", take_id=job.take_id, chunk=chunk, frames_done=job.frames_out,
+                              **throughput(job.stats, self.model.fps))
+        self.loop.call_soon_threadsafe(self.send_event, text)
+
+    def _done_from_worker(self, job: TakeJob) -> None:
+        stats = throughput(job.stats, self.model.fps)
+        meta = self.model.metadata(job.recipe)
+        future = self.store_executor.submit(
+            self.store.add, recipe=job.recipe.to_dict(), meta=meta, frames=job.frames,
+            latents=_concat(job.latents), fps=self.model.fps,
+        )
+
+        def stored(f: Any) -> None:
+            exc = f.exception()
+            if exc is not None:
+                err = exc if isinstance(exc, PrevizError) else PrevizError(f"could not store the draft: {exc}")
+                text = protocol.error_event(err, "generate")
+            else:
+                text = protocol.event("take_done", take_id=job.take_id, draft_id=f.result().id,
+                                      frames=job.frames_out, stats=stats)
+            self.loop.call_soon_threadsafe(self.send_event, text)
+
+        future.add_done_callback(stored)
+
+    def _fail_from_worker(self, job: TakeJob, exc: BaseException) -> None:
+        err = exc if isinstance(exc, PrevizError) else PrevizError(f"the take failed: {type(exc).__name__}: {exc}")
+        self.loop.call_soon_threadsafe(self.send_event, protocol.error_event(err, "generate"))
+
+
+def _concat(latents: list[Any]) -> Any:
+    import numpy as np
+
+    return np.concatenate(latents, axis=2) if latents else np.zeros((0,), np.float32)
+
+
+def _chunk_count(model: DraftModel, recipe: Recipe) -> int:
+    from previz.sampler import plan_chunks
+
+    assert model.pack.draft is not None
+    total = model.pack.latent.latent_frames(frame_count(recipe, model.fps))
+    return len(plan_chunks(total, model.pack.draft.window_frames, model.pack.draft.context_frames))
+

@@ -1,0 +1,157 @@
+"""The generation worker: one thread owns the draft engine and shares it fairly between takes.
+
+Sessions submit takes; the worker advances them round-robin, one chunk per
+turn, so two clients each get every other window and neither can starve the
+other.  A take that was superseded (its session sent ``update``) or cancelled
+is dropped at its next turn, which is at most one chunk away.  The worker never
+waits on a client: frames go out through callbacks that only enqueue.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from previz.recipe import Recipe
+from previz.sampler import Chunk
+from previz.take import DraftModel, Frame, TakeStats
+
+
+@dataclass
+class TakeJob:
+    """One take in flight, and where its results go."""
+
+    session_id: int
+    take_id: int
+    recipe: Recipe  # resolved
+    on_frame: Callable[[TakeJob, Frame], None]  # called on the worker thread; must not block
+    on_chunk: Callable[[TakeJob, int], None]  # a chunk's frames have all been handed to on_frame
+    on_done: Callable[[TakeJob], None]  # the take finished: frames and latents are complete
+    on_fail: Callable[[TakeJob, BaseException], None]
+    keep_frames: bool = True  # the draft store needs every frame, even those a slow client never saw
+    cancel: threading.Event = field(default_factory=threading.Event)
+    stats: TakeStats = field(default_factory=TakeStats)
+    frames: list[np.ndarray] = field(default_factory=list)
+    frames_out: int = 0  # frames handed to on_frame so far
+    latents: list[np.ndarray] = field(default_factory=list)
+    _frames_iter: Iterator[Frame] | None = None
+    _pending: Frame | None = None  # first frame of the next chunk, held for the next turn
+
+
+class GenerationWorker:
+    def __init__(self, model: DraftModel) -> None:
+        self.model = model
+        self._takes: OrderedDict[int, TakeJob] = OrderedDict()  # session id -> its current take
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="previz-generation", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    def submit(self, job: TakeJob) -> TakeJob | None:
+        """Start ``job``; returns the take of the same session it supersedes, if one was running."""
+        with self._cond:
+            old = self._takes.pop(job.session_id, None)
+            if old is not None:
+                old.cancel.set()
+            self._takes[job.session_id] = job
+            self._cond.notify_all()
+        return old
+
+    def cancel(self, session_id: int) -> TakeJob | None:
+        with self._cond:
+            job = self._takes.pop(session_id, None)
+        if job is not None:
+            job.cancel.set()
+        return job
+
+    def busy(self) -> int:
+        with self._cond:
+            return len(self._takes)
+
+    # ------------------------------------------------------------------ the thread
+
+    def _next(self) -> TakeJob | None:
+        with self._cond:
+            while not self._takes and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return None
+            session_id, job = next(iter(self._takes.items()))
+            self._takes.move_to_end(session_id)  # round-robin: the others go first next time
+            return job
+
+    def _finish(self, job: TakeJob) -> None:
+        with self._cond:
+            if self._takes.get(job.session_id) is job:
+                del self._takes[job.session_id]
+
+    def _run(self) -> None:
+        while (job := self._next()) is not None:
+            try:
+                done = self._turn(job)
+            except BaseException as exc:  # a failed take must not take the worker down with it
+                self._finish(job)
+                job.on_fail(job, exc)
+                continue
+            if done:
+                self._finish(job)
+
+    def _turn(self, job: TakeJob) -> bool:
+        """Advance ``job`` by one chunk; True when it has ended (finished or cancelled)."""
+        if job.cancel.is_set():
+            return True
+        if job._frames_iter is None:
+            job.stats = TakeStats()
+
+            def keep_latents(chunk: Chunk, latents: np.ndarray) -> None:
+                job.latents.append(latents)
+
+            job._frames_iter = self.model.generate(job.recipe, cancel=job.cancel, on_chunk=keep_latents,
+                                                   stats=job.stats)
+        chunk: int | None = None
+        while True:
+            frame = job._pending
+            job._pending = None
+            if frame is None:
+                frame = next(job._frames_iter, None)
+            if frame is None:
+                if job.cancel.is_set() or job.stats.cancelled:
+                    return True
+                job.on_done(job)
+                return True
+            if chunk is not None and frame.chunk != chunk:
+                job._pending = frame  # this chunk is computed; its frames go out next turn
+                job.on_chunk(job, chunk)
+                return False
+            chunk = frame.chunk
+            if job.keep_frames:
+                job.frames.append(frame.image)
+            job.frames_out += 1
+            job.on_frame(job, frame)
+            if frame.last:
+                job.on_chunk(job, chunk)
+
+
+def throughput(stats: TakeStats, fps: int) -> dict[str, Any]:
+    """The live readouts for a take so far."""
+    elapsed = max(time.perf_counter() - stats.started, 1e-9)
+    gen_fps = stats.frames / elapsed
+    return {
+        "gen_fps": round(gen_fps, 2),
+        "rtf": round(gen_fps / fps, 3),
+        "ttff_ms": None if stats.first_frame_s is None else round(1000 * stats.first_frame_s, 1),
+    }
