@@ -15,6 +15,7 @@ import hmac
 import http
 import ipaddress
 import itertools
+import logging
 import mimetypes
 import secrets
 import signal
@@ -35,6 +36,8 @@ from previz.errors import PrevizError
 from previz.session import Session, SessionLimits
 from previz.take import DraftModel
 from previz.worker import GenerationWorker
+
+log = logging.getLogger("previz.server")
 
 DEFAULT_PORT = 8188
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # beyond this the socket closes (1009); the protocol refuses >64 KiB politely
@@ -170,7 +173,12 @@ class PrevizServer:
                 if not authenticated:
                     authenticated = self._authenticate(session, message)
                     continue
-                await session.handle(message)
+                try:
+                    await session.handle(message)
+                except Exception as exc:  # a bug must cost one request, not the connection or the server
+                    log.exception("internal error handling %s", message.type)
+                    session.send_event(protocol.error_event(
+                        PrevizError(f"internal error: {type(exc).__name__}"), message.type, message.id))
         except ConnectionClosed:
             pass
         finally:

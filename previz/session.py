@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
+from websockets.exceptions import ConnectionClosed
 
 from previz import protocol
 from previz.camera import ALIASES, PRESETS
@@ -89,7 +90,13 @@ class Session:
         self.wakeup.set()
 
     async def pump(self, send: Callable[[str | bytes], Awaitable[None]]) -> None:
-        """Send control events first, then frames, until the session closes."""
+        """Send control events first, then frames, until the session or the socket closes."""
+        try:
+            await self._pump(send)
+        except ConnectionClosed:
+            self.close()
+
+    async def _pump(self, send: Callable[[str | bytes], Awaitable[None]]) -> None:
         while not self.closed:
             await self.wakeup.wait()
             self.wakeup.clear()
