@@ -124,6 +124,8 @@ class GenerationWorker:
                                                    stats=job.stats)
         chunk: int | None = None
         while True:
+            if job.cancel.is_set():  # superseded mid-chunk: skip decoding the rest of it
+                return True
             frame = job._pending
             job._pending = None
             if frame is None:
