@@ -13,6 +13,18 @@ if ! command -v ffprobe >/dev/null 2>&1; then
   fi
 fi
 
+# Debian's Chromium runs the browser test (tests/test_browser.py) through the PyPI playwright
+# package (a dev extra). Never `playwright install`: it downloads its own browser from outside
+# the package registries.
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (for the browser test)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: chromium not found; install it with your package manager (the browser test will skip)" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
