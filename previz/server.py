@@ -74,6 +74,7 @@ class PrevizServer:
         self.token = config.token or (None if is_loopback(config.host) else secrets.token_urlsafe(24))
         self.worker = GenerationWorker(model)
         self.store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previz-store")
+        self.encode_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previz-encode")
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
@@ -108,6 +109,7 @@ class PrevizServer:
         for session in list(self.sessions.values()):
             session.close()
         self.worker.stop()
+        self.encode_executor.shutdown(wait=True)
         self.store_executor.shutdown(wait=True)
 
     # ------------------------------------------------------------------ HTTP
@@ -137,6 +139,8 @@ class PrevizServer:
             return _bytes(http.HTTPStatus.OK, body, mimetypes.guess_type(name)[0] or "application/octet-stream")
         if path == "/healthz":
             return _text(http.HTTPStatus.OK, "ok\n")
+        if path == "/favicon.ico":
+            return _bytes(http.HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         parts = path.strip("/").split("/")
         if len(parts) == 3 and parts[0] == "drafts" and parts[2] in DRAFT_FILES:
             try:
@@ -153,7 +157,8 @@ class PrevizServer:
         loop = asyncio.get_running_loop()
         session = Session(
             next(self._ids), loop=loop, model=self.model, worker=self.worker, store=self.store,
-            store_executor=self.store_executor, limits=self.config.limits, backends=self.backends,
+            store_executor=self.store_executor, encode_executor=self.encode_executor,
+            limits=self.config.limits, backends=self.backends,
         )
         self.sessions[session.id] = session
         sock = ws.transport.get_extra_info("socket")

@@ -2,10 +2,11 @@
 
 A session turns protocol messages into takes for the shared worker and turns
 worker results into events and frames for its own socket only, so no frame of
-one client ever reaches another.  Frames wait in a small deque where the
-latest frame wins: a client that reads slowly loses old frames, never stalls
-the worker, and never grows the server's memory.  Control events are few and
-small and are never dropped.
+one client ever reaches another.  Events and frames leave in the order they
+were made, through one outbox that holds at most ``frame_queue`` frames: when a
+client reads slowly its oldest waiting frame is dropped (the latest frame
+wins), so it never stalls the worker and never grows the server's memory.
+Control events are few and small and are never dropped.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Session:
         worker: GenerationWorker,
         store: DraftStore,
         store_executor: Executor,
+        encode_executor: Executor,
         limits: SessionLimits,
         backends: list[str],
     ) -> None:
@@ -63,13 +65,14 @@ class Session:
         self.worker = worker
         self.store = store
         self.store_executor = store_executor
+        self.encode_executor = encode_executor
         self.limits = limits
         self.backends = backends
         self.recipe: dict[str, Any] | None = None  # the client's fields, before defaults
         self.take_id = 0
         self.current: TakeJob | None = None
-        self.control: asyncio.Queue[str] = asyncio.Queue()
-        self.frames: collections.deque[bytes] = collections.deque(maxlen=limits.frame_queue)
+        self.outbox: collections.deque[tuple[bool, str | bytes]] = collections.deque()  # (is frame, data)
+        self.queued_frames = 0  # frames in the outbox, at most limits.frame_queue
         self.frames_dropped = 0
         self.wakeup = asyncio.Event()
         self.closed = False
@@ -78,16 +81,27 @@ class Session:
 
     def send_event(self, text: str) -> None:
         if not self.closed:
-            self.control.put_nowait(text)
+            self.outbox.append((False, text))
             self.wakeup.set()
 
     def push_frame(self, data: bytes) -> None:
         if self.closed:
             return
-        if len(self.frames) == self.frames.maxlen:
-            self.frames_dropped += 1  # the deque drops the oldest: the latest frame wins
-        self.frames.append(data)
+        if self.queued_frames >= self.limits.frame_queue:
+            for i, (is_frame, _) in enumerate(self.outbox):  # the oldest waiting frame goes
+                if is_frame:
+                    del self.outbox[i]
+                    break
+            self.frames_dropped += 1
+        else:
+            self.queued_frames += 1
+        self.outbox.append((True, data))
         self.wakeup.set()
+
+    def drop_frames(self) -> None:
+        """Forget waiting frames (their take was superseded); events stay."""
+        self.outbox = collections.deque(item for item in self.outbox if not item[0])
+        self.queued_frames = 0
 
     async def pump(self, send: Callable[[str | bytes], Awaitable[None]]) -> None:
         """Send control events first, then frames, until the session or the socket closes."""
@@ -100,12 +114,11 @@ class Session:
         while not self.closed:
             await self.wakeup.wait()
             self.wakeup.clear()
-            while not self.control.empty():
-                await send(self.control.get_nowait())
-            while self.frames and self.control.empty():
-                await send(self.frames.popleft())
-            if not self.control.empty() or self.frames:
-                self.wakeup.set()
+            while self.outbox and not self.closed:
+                is_frame, data = self.outbox.popleft()
+                if is_frame:
+                    self.queued_frames -= 1
+                await send(data)  # waits while the socket's buffers are full: frames pile up and drop
 
     def close(self) -> None:
         self.closed = True
@@ -215,7 +228,7 @@ class Session:
             on_done=self._done_from_worker, on_fail=self._fail_from_worker,
         )
         self.current = job
-        self.frames.clear()  # frames of the superseded take are stale
+        self.drop_frames()  # frames of the superseded take are stale
         superseded = self.worker.submit(job)
         if superseded is not None:
             self.send_event(protocol.event("take_cancelled", take_id=superseded.take_id, reason=reason))
@@ -225,11 +238,18 @@ class Session:
             chunks=_chunk_count(self.model, recipe),
         ))
 
-    # Worker-thread callbacks: encode here (off the event loop), then hand over.
+    # Worker-thread callbacks.  They only hand work on: the generation thread
+    # never waits for an encoder, a disk or a socket.
 
     def _frame_from_worker(self, job: TakeJob, frame: Frame) -> None:
         if self.closed or job is not self.current:
             return
+        # One encoder thread keeps frames in order and overlaps JPEG work with generation.
+        self.encode_executor.submit(self._encode_frame, job, frame)
+
+    def _encode_frame(self, job: TakeJob, frame: Frame) -> None:
+        if self.closed or job is not self.current:
+            return  # superseded while it waited: don't spend the CPU
         fmt = protocol.IMAGE_FORMATS[self.limits.image_format]
         data = protocol.pack_frame(
             FrameHeader(job.take_id, frame.chunk, frame.index, frame.pts, frame.last, fmt),
@@ -245,10 +265,13 @@ class Session:
     def _done_from_worker(self, job: TakeJob) -> None:
         stats = throughput(job.stats, self.model.fps)
         meta = self.model.metadata(job.recipe)
-        future = self.store_executor.submit(
-            self.store.add, recipe=job.recipe.to_dict(), meta=meta, frames=job.frames,
-            latents=_concat(job.latents), fps=self.model.fps,
-        )
+
+        def store() -> None:
+            future = self.store_executor.submit(
+                self.store.add, recipe=job.recipe.to_dict(), meta=meta, frames=job.frames,
+                latents=_concat(job.latents), fps=self.model.fps,
+            )
+            future.add_done_callback(stored)
 
         def stored(f: Any) -> None:
             exc = f.exception()
@@ -260,7 +283,9 @@ class Session:
                                       frames=job.frames_out, stats=stats)
             self.loop.call_soon_threadsafe(self.send_event, text)
 
-        future.add_done_callback(stored)
+        # Queued behind this take's frames on the (FIFO) encoder, so take_done
+        # always follows the take's last frame on the wire.
+        self.encode_executor.submit(store)
 
     def _fail_from_worker(self, job: TakeJob, exc: BaseException) -> None:
         err = exc if isinstance(exc, PrevizError) else PrevizError(f"the take failed: {type(exc).__name__}: {exc}")

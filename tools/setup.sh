@@ -1,29 +1,7 @@
 #!/usr/bin/env bash
-# Set up previz in ./.venv (idempotent): system tools, Python packages, the embedded pack.
+# Set up previz in ./.venv (idempotent): Python packages and the embedded pack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-# ffprobe (Debian's ffmpeg) is how the tests check what we encode, independently of PyAV.
-if ! command -v ffprobe >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing ffmpeg (for ffprobe)"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
-  else
-    echo "setup: ffprobe not found; install ffmpeg with your package manager (tests that need it will skip)" >&2
-  fi
-fi
-
-# Debian's Chromium runs the browser test (tests/test_browser.py) through the PyPI playwright
-# package (a dev extra). Never `playwright install`: it downloads its own browser from outside
-# the package registries.
-if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing chromium (for the browser test)"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "setup: chromium not found; install it with your package manager (the browser test will skip)" >&2
-  fi
-fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
