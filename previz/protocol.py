@@ -191,8 +191,10 @@ def event(kind: str, request_id: str | int | None = None, **fields: Any) -> str:
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
-def error_event(exc: PrevizError, request: str | None = None, request_id: str | int | None = None) -> str:
-    return event("error", request_id, code=exc.code, message=exc.message, field=exc.field, request=request)
+def error_event(exc: PrevizError, request: str | None = None, request_id: str | int | None = None,
+                take_id: int | None = None) -> str:
+    extra = {} if take_id is None else {"take_id": take_id}
+    return event("error", request_id, code=exc.code, message=exc.message, field=exc.field, request=request, **extra)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import mimetypes
 import secrets
 import signal
 import socket
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,6 +41,7 @@ from previz.worker import GenerationWorker
 log = logging.getLogger("previz.server")
 
 DEFAULT_PORT = 8188
+AUTH_TIMEOUT_S = 10.0
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # beyond this the socket closes (1009); the protocol refuses >64 KiB politely
 STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 DRAFT_FILES = {"thumb.jpg", "take.mp4"}
@@ -92,7 +94,8 @@ class PrevizServer:
             origins=None,  # checked in _process_request against the live port (known only after bind)
             compression=None,
             max_size=MAX_MESSAGE_BYTES,
-            max_queue=16,
+            max_queue=4,  # with max_size: at most 8 MiB of unread input per client
+            close_timeout=2,
             server_header="previz",
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -103,14 +106,15 @@ class PrevizServer:
         return f"http://{host}:{self.port}/"
 
     async def close(self) -> None:
+        # Stop making frames first, so nothing keeps a connection busy while it closes.
+        for session in list(self.sessions.values()):
+            session.close()
+        await asyncio.to_thread(self.worker.stop)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for session in list(self.sessions.values()):
-            session.close()
-        self.worker.stop()
-        self.encode_executor.shutdown(wait=True)
-        self.store_executor.shutdown(wait=True)
+        await asyncio.to_thread(self.encode_executor.shutdown, wait=True)
+        await asyncio.to_thread(self.store_executor.shutdown, wait=True)  # drafts in flight are kept
 
     # ------------------------------------------------------------------ HTTP
 
@@ -120,15 +124,20 @@ class PrevizServer:
             names |= {"localhost", "127.0.0.1", "[::1]"}
         return {f"{n}:{self.port}" for n in names} | ({n for n in names} if self.port == 80 else set())
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _origin_allowed(self, origin: str | None) -> bool:
+        if origin is None:  # browsers always send it; other clients may not, and need no CSRF defence
+            return True
+        parts = urllib.parse.urlsplit(origin)
+        return parts.scheme in ("http", "https") and not parts.path and parts.netloc in self._allowed_hosts()
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         host = request.headers.get("Host", "")
         if host not in self._allowed_hosts():
             return _text(http.HTTPStatus.MISDIRECTED_REQUEST, f"unexpected Host header {host!r}\n")
         path = request.path.split("?", 1)[0]
         if path == "/ws":
-            origin = request.headers.get("Origin")  # browsers always send it; other clients may not
-            origin_host = None if origin is None else origin.removeprefix("http://").removeprefix("https://")
-            if origin_host is not None and origin_host not in self._allowed_hosts():
+            origin = request.headers.get("Origin")
+            if not self._origin_allowed(origin):
                 return _text(http.HTTPStatus.FORBIDDEN, f"origin {origin!r} is not allowed\n")
             if len(self.sessions) >= self.config.max_clients:
                 return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
@@ -143,13 +152,15 @@ class PrevizServer:
             return _bytes(http.HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         parts = path.strip("/").split("/")
         if len(parts) == 3 and parts[0] == "drafts" and parts[2] in DRAFT_FILES:
-            try:
-                file = self.store.file_path(parts[1], parts[2])  # validates the id; never a client path
-                body = file.read_bytes()
+            try:  # off the event loop: the store may wait on SQLite, and an MP4 is megabytes
+                body = await asyncio.to_thread(self._draft_file, parts[1], parts[2])
             except (PrevizError, OSError):
                 return _text(http.HTTPStatus.NOT_FOUND, "no such draft file\n")
             return _bytes(http.HTTPStatus.OK, body, "image/jpeg" if parts[2].endswith(".jpg") else "video/mp4")
         return _text(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    def _draft_file(self, draft_id: str, name: str) -> bytes:
+        return self.store.file_path(draft_id, name).read_bytes()  # the store validates the id: never a path
 
     # ------------------------------------------------------------------ websocket
 
@@ -166,6 +177,9 @@ class PrevizServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
         authenticated = self.token is None
         pump = asyncio.create_task(session.pump(ws.send))
+        if not authenticated:  # an unauthenticated client may not sit on a connection slot
+            loop.call_later(AUTH_TIMEOUT_S, lambda: None if session.authenticated else asyncio.ensure_future(
+                ws.close(1008, "authentication timed out")))
         try:
             session.send_event(session.ready_event() if authenticated else protocol.event(
                 "ready", version=protocol.VERSION, auth="token"))
@@ -176,7 +190,7 @@ class PrevizServer:
                     session.send_event(protocol.error_event(exc))
                     continue
                 if not authenticated:
-                    authenticated = self._authenticate(session, message)
+                    authenticated = session.authenticated = self._authenticate(session, message)
                     continue
                 try:
                     await session.handle(message)
@@ -212,7 +226,9 @@ def _bytes(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
         ("Content-Length", str(len(body))),
         ("Cache-Control", "no-store"),
         ("X-Content-Type-Options", "nosniff"),
-        ("Content-Security-Policy", "default-src 'self'; img-src 'self' blob:; connect-src 'self'"),
+        ("Content-Security-Policy", "default-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+                                    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'"),
+        ("X-Frame-Options", "DENY"),
     ])
     return Response(status.value, status.phrase, headers, body)
 

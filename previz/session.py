@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import io
+import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from previz.protocol import FrameHeader, Message
 from previz.recipe import MAX_PROMPT_CHARS, Recipe, frame_count, resolve
 from previz.take import DraftModel, Frame
 from previz.worker import GenerationWorker, TakeJob, throughput
+
+log = logging.getLogger("previz.session")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class Session:
         self.outbox: collections.deque[tuple[bool, str | bytes]] = collections.deque()  # (is frame, data)
         self.queued_frames = 0  # frames in the outbox, at most limits.frame_queue
         self.frames_dropped = 0
+        self.in_send = False  # the pump is waiting for the socket
+        self.authenticated = False
         self.wakeup = asyncio.Event()
         self.closed = False
 
@@ -84,10 +89,14 @@ class Session:
             self.outbox.append((False, text))
             self.wakeup.set()
 
-    def push_frame(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self.queued_frames >= self.limits.frame_queue:
+    def push_frame(self, job: TakeJob, data: bytes) -> None:
+        if self.closed or job is not self.current:
+            return  # superseded between encoding and now (checked here, on the loop thread)
+        # Drop only for a slow *client*: while the pump is blocked in send(), the
+        # socket's buffers are full.  A late event loop is not a slow client, so
+        # frames then just wait, up to a hard cap that bounds memory either way.
+        limit = self.limits.frame_queue if self.in_send else 4 * self.limits.frame_queue
+        if self.queued_frames >= limit:
             for i, (is_frame, _) in enumerate(self.outbox):  # the oldest waiting frame goes
                 if is_frame:
                     del self.outbox[i]
@@ -98,16 +107,25 @@ class Session:
         self.outbox.append((True, data))
         self.wakeup.set()
 
+    def post(self, job: TakeJob, text: str) -> None:
+        """An event about ``job``, unless the client has moved on to another take."""
+        if job is self.current:
+            self.send_event(text)
+
     def drop_frames(self) -> None:
         """Forget waiting frames (their take was superseded); events stay."""
         self.outbox = collections.deque(item for item in self.outbox if not item[0])
         self.queued_frames = 0
 
     async def pump(self, send: Callable[[str | bytes], Awaitable[None]]) -> None:
-        """Send control events first, then frames, until the session or the socket closes."""
+        """Send events and frames in order until the session or the socket closes."""
         try:
             await self._pump(send)
         except ConnectionClosed:
+            pass
+        except Exception:  # a broken pump must not leave a client that hears nothing
+            log.exception("session %d: sending failed", self.id)
+        finally:
             self.close()
 
     async def _pump(self, send: Callable[[str | bytes], Awaitable[None]]) -> None:
@@ -118,7 +136,11 @@ class Session:
                 is_frame, data = self.outbox.popleft()
                 if is_frame:
                     self.queued_frames -= 1
-                await send(data)  # waits while the socket's buffers are full: frames pile up and drop
+                self.in_send = True
+                try:
+                    await send(data)  # blocks while the socket's buffers are full
+                finally:
+                    self.in_send = False
 
     def close(self) -> None:
         self.closed = True
@@ -171,6 +193,8 @@ class Session:
 
     async def _on_cancel(self, message: Message) -> None:
         job = self.worker.cancel(self.id)
+        self.current = None  # nothing more about it reaches the client
+        self.drop_frames()
         if job is not None:
             self.send_event(protocol.event("take_cancelled", message.id, take_id=job.take_id, reason="cancel"))
 
@@ -239,13 +263,26 @@ class Session:
         ))
 
     # Worker-thread callbacks.  They only hand work on: the generation thread
-    # never waits for an encoder, a disk or a socket.
+    # never waits for an encoder, a disk or a socket.  Everything about a take
+    # goes through the one (FIFO) encoder thread, so events and frames reach
+    # the loop in the order they were made.
+
+    def _later(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` on the event loop, unless the server is shutting down."""
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop closed under us: nobody is listening any more
+            pass
+
+    def _on_encoder(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self.encode_executor.submit(fn, *args)
+        except RuntimeError:  # the executor shut down: the server is closing
+            pass
 
     def _frame_from_worker(self, job: TakeJob, frame: Frame) -> None:
-        if self.closed or job is not self.current:
-            return
-        # One encoder thread keeps frames in order and overlaps JPEG work with generation.
-        self.encode_executor.submit(self._encode_frame, job, frame)
+        if not self.closed and job is self.current:
+            self._on_encoder(self._encode_frame, job, frame)
 
     def _encode_frame(self, job: TakeJob, frame: Frame) -> None:
         if self.closed or job is not self.current:
@@ -255,12 +292,12 @@ class Session:
             FrameHeader(job.take_id, frame.chunk, frame.index, frame.pts, frame.last, fmt),
             encode_image(frame.image, self.limits.image_format, self.limits.jpeg_quality),
         )
-        self.loop.call_soon_threadsafe(self.push_frame, data)
+        self._later(self.push_frame, job, data)
 
     def _chunk_from_worker(self, job: TakeJob, chunk: int) -> None:
         text = protocol.event("chunk_done", take_id=job.take_id, chunk=chunk, frames_done=job.frames_out,
                               **throughput(job.stats, self.model.fps))
-        self.loop.call_soon_threadsafe(self.send_event, text)
+        self._on_encoder(self._later, self.post, job, text)
 
     def _done_from_worker(self, job: TakeJob) -> None:
         stats = throughput(job.stats, self.model.fps)
@@ -276,20 +313,22 @@ class Session:
         def stored(f: Any) -> None:
             exc = f.exception()
             if exc is not None:
-                err = exc if isinstance(exc, PrevizError) else PrevizError(f"could not store the draft: {exc}")
+                log.error("session %d: storing take %d failed", self.id, job.take_id, exc_info=exc)
+                err = exc if isinstance(exc, PrevizError) else PrevizError(
+                    "could not store the draft (see the server log)")
                 text = protocol.error_event(err, "generate")
             else:
                 text = protocol.event("take_done", take_id=job.take_id, draft_id=f.result().id,
                                       frames=job.frames_out, stats=stats)
-            self.loop.call_soon_threadsafe(self.send_event, text)
+            self._later(self.post, job, text)
 
-        # Queued behind this take's frames on the (FIFO) encoder, so take_done
-        # always follows the take's last frame on the wire.
-        self.encode_executor.submit(store)
+        # The draft is stored even if the client moved on; only the event is skipped.
+        self._on_encoder(store)
 
     def _fail_from_worker(self, job: TakeJob, exc: BaseException) -> None:
-        err = exc if isinstance(exc, PrevizError) else PrevizError(f"the take failed: {type(exc).__name__}: {exc}")
-        self.loop.call_soon_threadsafe(self.send_event, protocol.error_event(err, "generate"))
+        log.error("session %d: take %d failed", self.id, job.take_id, exc_info=exc)
+        err = exc if isinstance(exc, PrevizError) else PrevizError("the take failed (see the server log)")
+        self._on_encoder(self._later, self.post, job, protocol.error_event(err, "generate", take_id=job.take_id))
 
 
 def _concat(latents: list[Any]) -> Any:

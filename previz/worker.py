@@ -9,6 +9,7 @@ waits on a client: frames go out through callbacks that only enqueue.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +23,8 @@ from previz.recipe import Recipe
 from previz.sampler import Chunk
 from previz.take import DraftModel, Frame, TakeStats
 
+log = logging.getLogger("previz.worker")
+
 
 @dataclass
 class TakeJob:
@@ -34,7 +37,6 @@ class TakeJob:
     on_chunk: Callable[[TakeJob, int], None]  # a chunk's frames have all been handed to on_frame
     on_done: Callable[[TakeJob], None]  # the take finished: frames and latents are complete
     on_fail: Callable[[TakeJob, BaseException], None]
-    keep_frames: bool = True  # the draft store needs every frame, even those a slow client never saw
     cancel: threading.Event = field(default_factory=threading.Event)
     stats: TakeStats = field(default_factory=TakeStats)
     frames: list[np.ndarray] = field(default_factory=list)
@@ -103,9 +105,12 @@ class GenerationWorker:
         while (job := self._next()) is not None:
             try:
                 done = self._turn(job)
-            except BaseException as exc:  # a failed take must not take the worker down with it
+            except Exception as exc:  # a failed take must not take the worker down with it
                 self._finish(job)
-                job.on_fail(job, exc)
+                try:
+                    job.on_fail(job, exc)
+                except Exception:
+                    log.exception("reporting a failed take failed")
                 continue
             if done:
                 self._finish(job)
@@ -140,8 +145,7 @@ class GenerationWorker:
                 job.on_chunk(job, chunk)
                 return False
             chunk = frame.chunk
-            if job.keep_frames:
-                job.frames.append(frame.image)
+            job.frames.append(frame.image)  # the draft store needs every frame, even ones a slow client lost
             job.frames_out += 1
             job.on_frame(job, frame)
             if frame.last:

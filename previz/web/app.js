@@ -243,6 +243,7 @@ function onReady(ev) {
     return;
   }
   $("token-box").hidden = true;
+  state.takeId = null;  // take ids restart at 1 on every connection
   if (ev.draft && ev.draft.fps) state.fps = ev.draft.fps;
   if (ev.draft && ev.draft.width && ev.draft.height) {
     player.canvas.width = ev.draft.width;
@@ -310,9 +311,9 @@ function onTakeCancelled(ev) {
 function onError(ev) {
   const where = ev.field ? ` (${ev.field})` : "";
   setStatus(`${ev.code}: ${ev.message}${where}`, true);
-  // An error answering our own generate/update (it has `re`) is a refused recipe: the old take,
-  // if any, goes on. One with no `re` is a take that failed while generating.
-  if (ev.request === "generate" && ev.re === undefined) state.generating = false;
+  // An error naming a take is that take failing while it generated; any other error (a refused
+  // recipe, a bad draft id) leaves the current take alone.
+  if (ev.take_id !== undefined && ev.take_id === state.takeId) state.generating = false;
 }
 
 function setStatus(text, isError = false) {
