@@ -28,7 +28,7 @@ from previz.camera import ALIASES, PRESETS
 from previz.drafts import DraftStore
 from previz.errors import InvalidRecipeError, PrevizError
 from previz.protocol import FrameHeader, Message
-from previz.recipe import MAX_PROMPT_CHARS, Recipe, frame_count, resolve
+from previz.recipe import MAX_PROMPT_CHARS, MAX_STEPS, Recipe, frame_count, resolve
 from previz.take import DraftModel, Frame
 from previz.worker import GenerationWorker, TakeJob, throughput
 
@@ -167,7 +167,8 @@ class Session:
                     "max_prompt_chars": MAX_PROMPT_CHARS,
                     "size_multiple": pack.draft.size_multiple,
                     "sizes": [[self.model.width, self.model.height]],
-                    "steps": [1, 4],
+                    "steps": [1, MAX_STEPS],
+                    "default_steps": pack.draft.steps,
                     "max_message_bytes": protocol.MAX_TEXT_BYTES,
                 },
             },

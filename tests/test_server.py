@@ -268,3 +268,20 @@ def test_a_token_server_needs_hello_with_the_token(test_pack, tmp_path, cache_di
         assert client.event("ready")["pack"]["id"] == "previz-test"
     finally:
         server.close()
+
+
+def test_cancel_silences_the_take_and_the_session_stays_usable(live_server):
+    client = open_client(live_server)
+    client.send(type="generate", recipe={"prompt": "stop me", "seconds": 5.0})
+    take = client.event("take_started")["take_id"]
+    client.until(lambda e: e["type"] == "chunk_done")
+    client.send(type="cancel", id="c")
+    cancelled = client.event("take_cancelled")
+    assert cancelled["take_id"] == take and cancelled["reason"] == "cancel" and cancelled["re"] == "c"
+    seen = len(client.frames_of(take))
+    client.send(type="generate", recipe={"prompt": "next", "seconds": 0.2})
+    started = client.event("take_started")
+    client.event("take_done")
+    assert len(client.frames_of(take)) == seen  # nothing of the cancelled take after take_cancelled
+    assert not any(e["type"] == "take_done" and e["take_id"] == take for e in client.events)
+    assert [h.index for h in client.frames_of(started["take_id"])] == list(range(6))
