@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -206,30 +207,35 @@ class Session:
         await self._set_state(message, "rejected")
 
     async def _set_state(self, message: Message, state: str) -> None:
-        draft = await asyncio.to_thread(self.store.set_state, message.fields["draft_id"], state)
+        draft = await self._store(self.store.set_state, message.fields["draft_id"], state)
         self.send_event(protocol.event("draft", message.id, draft=await self._draft_dict(draft)))
 
     async def _on_promote(self, message: Message) -> None:
-        job = await asyncio.to_thread(self.store.promote, message.fields["draft_id"], message.fields["options"])
+        job = await self._store(self.store.promote, message.fields["draft_id"], message.fields["options"])
         self.send_event(protocol.event(
             "job_queued", message.id, job=job.to_dict(),
             message="Promotion recorded: the job is queued. The final stage that renders queued jobs "
                     "(MoE refine, 4K upscale, delivery encode) is not built yet, so it stays queued.",
         ))
-        draft = await asyncio.to_thread(self.store.get, message.fields["draft_id"])
+        draft = await self._store(self.store.get, message.fields["draft_id"])
         self.send_event(protocol.event("draft", None, draft=await self._draft_dict(draft)))
 
     async def _on_list_drafts(self, message: Message) -> None:
-        drafts = await asyncio.to_thread(self.store.list, **message.fields)
+        drafts = await self._store(self.store.list, **message.fields)
         self.send_event(protocol.event("drafts", message.id, drafts=[d.to_dict() for d in drafts]))
 
     async def _on_get_draft(self, message: Message) -> None:
-        draft = await asyncio.to_thread(self.store.get, message.fields["draft_id"])
+        draft = await self._store(self.store.get, message.fields["draft_id"])
         self.send_event(protocol.event("draft", message.id, draft=await self._draft_dict(draft)))
+
+    async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A store call on the store's own thread: off the event loop, in order with draft writes,
+        and finished before the server shuts down."""
+        return await self.loop.run_in_executor(self.store_executor, functools.partial(fn, *args, **kwargs))
 
     async def _draft_dict(self, draft: Any) -> dict[str, Any]:
         out: dict[str, Any] = draft.to_dict()
-        jobs = await asyncio.to_thread(self.store.jobs, draft_id=draft.id)
+        jobs = await self._store(self.store.jobs, draft_id=draft.id)
         out["jobs"] = [j.to_dict() for j in jobs]
         return out
 
