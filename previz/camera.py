@@ -20,6 +20,7 @@ the draft and the final: both read one path, each at its own resolution.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -394,6 +395,21 @@ def path_from_spec(spec: dict[str, Any] | None, seconds: float) -> CameraPath:
         path = with_shake(path, float(shake.get("amplitude", 0.5)), int(shake.get("seed", 0)),
                           float(shake.get("frequency", 1.5)))
     return path
+
+
+def camera_path(spec: dict[str, Any] | None, seconds: float) -> CameraPath:
+    """:func:`path_from_spec`, remembered: a take's start validates its recipe and then
+    conditions on the same camera, so the path (up to tens of ms with shake) is built once."""
+    try:
+        key = json.dumps(spec, sort_keys=True)
+    except (TypeError, ValueError):
+        return path_from_spec(spec, seconds)  # not JSON: let the checks name the problem
+    return _camera_path(key, float(seconds))
+
+
+@functools.lru_cache(maxsize=32)
+def _camera_path(key: str, seconds: float) -> CameraPath:
+    return path_from_spec(json.loads(key), seconds)
 
 
 def load_camera_file(path: Path, *, aspect: float = 16 / 9) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from previz.camera import path_from_spec
+from previz.camera import camera_path
 from previz.errors import InvalidRecipeError
 from previz.packs import Pack
 
@@ -118,7 +118,7 @@ def resolve(recipe: Recipe, pack: Pack) -> Recipe:
         raise _bad("backend", recipe.backend, "a backend name")
 
     camera = recipe.camera if recipe.camera is not None else {"preset": "static"}
-    path_from_spec(camera, seconds)  # raises CameraError naming what is wrong
+    camera_path(camera, seconds)  # raises CameraError naming what is wrong
 
     return dataclasses.replace(
         recipe, seed=seed, seconds=seconds, width=width, height=height, steps=steps, shift=shift, guidance=guidance,

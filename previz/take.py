@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from engines import Engine, create_engine
-from previz.camera import path_from_spec, plucker_latent
+from previz.camera import camera_path, plucker_latent
 from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels
 from previz.packs import Pack, previz_home
 from previz.recipe import Recipe, frame_count, resolve
@@ -130,7 +130,7 @@ class DraftModel:
             return None
         assert recipe.width and recipe.height
         layout = self.pack.latent
-        path = path_from_spec(recipe.camera, float(recipe.seconds))
+        path = camera_path(recipe.camera, float(recipe.seconds))
         frames = frame_count(recipe, self.fps)
         width, height = recipe.width, recipe.height
 
