@@ -1,8 +1,8 @@
 """The draft pack's two graphs, denoiser and decoder, with the I/O contract every engine runs.
 
 denoiser: latents [1, C, F, h, w], timesteps [1, F*h*w/patch] (per token, 0..1000),
-          text [1, L, D], and for camera packs camera [1, 6*T, F, h, w]
-          ->  velocity [1, C, F, h, w]
+          text [1, L, D], for camera packs camera [1, 6*T, F, h, w], and for
+          control packs control [1, K, F, h, w]  ->  velocity [1, C, F, h, w]
 decoder:  latents [1, C, h, w] (one latent frame)  ->  frames [T, H, W, 3] in [0, 1]
 
 The decoder is frame-wise (the TAEHV pattern): one latent frame at a time, so
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,8 +26,13 @@ from previz.errors import PackError
 from previz.packs import Pack, load_component
 from previz.wan_onnx import onnx_friendly
 
-SUPPORTED_CONDITIONING = ("text", "context", "camera")
+SUPPORTED_CONDITIONING = ("text", "context", "camera", "control")
 CAMERA_KINDS = ("plucker",)
+# Control videos a denoiser can take as extra channels.  "blockout" is the
+# scene renderer's G-buffer (depth code + flat albedo), rendered at 1/scale of
+# the pixel size and pixel-unshuffled to latent resolution.  A depth video
+# encoded by the pack's VAE (Wan Fun Control, VACE) is the next kind on this seam.
+CONTROL_KINDS = ("blockout",)
 
 
 class DenoiserGraph(nn.Module):
@@ -45,6 +51,47 @@ class CameraDenoiserGraph(DenoiserGraph):
         self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, camera: torch.Tensor
     ) -> torch.Tensor:
         return self.transformer(torch.cat([latents, camera], dim=1), timesteps, text, return_dict=False)[0]
+
+
+class ControlDenoiserGraph(DenoiserGraph):
+    """Camera and a control video as extra input channels, in that order."""
+
+    def forward(  # type: ignore[override]
+        self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
+        control: torch.Tensor,
+    ) -> torch.Tensor:
+        x = torch.cat([latents, camera, control], dim=1)
+        return self.transformer(x, timesteps, text, return_dict=False)[0]
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """The manifest's ``conditioning.control``: what control video the denoiser reads."""
+
+    kind: str
+    scale: int  # rendered at 1/scale of the pixel size, then pixel-unshuffled by spatial/scale
+    channels: int  # per latent frame, as the denoiser takes them
+
+
+def control_spec(pack: Pack) -> ControlSpec | None:
+    """The pack's control conditioning, checked against its latent layout (None: it takes none)."""
+    control = pack.conditioning.get("control")
+    if not control:
+        return None
+    if not isinstance(control, dict) or control.get("kind") not in CONTROL_KINDS:
+        kind = control.get("kind") if isinstance(control, dict) else control
+        raise PackError(f"pack {pack.id!r}: control conditioning {kind!r} is not one of {CONTROL_KINDS}")
+    from previz.blockout import control_channels
+
+    scale, channels = control.get("scale"), control.get("channels")
+    spatial = pack.latent.spatial
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1 or spatial % scale:
+        raise PackError(f"pack {pack.id!r}: control scale {scale!r} must be a positive divisor of {spatial}")
+    expected = control_channels(pack.latent.temporal, spatial, scale)
+    if channels != expected:
+        raise PackError(f"pack {pack.id!r}: a blockout control at scale {scale} has {expected} channels, "
+                        f"the manifest says {channels!r}")
+    return ControlSpec(kind=str(control["kind"]), scale=scale, channels=expected)
 
 
 def camera_channels(pack: Pack) -> int:
@@ -101,15 +148,19 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
     transformer = load_component(pack, "denoiser")
     layout = pack.latent
     cam = camera_channels(pack)
-    if transformer.config.in_channels != layout.channels + cam:
+    spec = control_spec(pack)
+    ctl = spec.channels if spec else 0
+    if ctl and not cam:
+        raise PackError(f"pack {pack.id!r}: control conditioning needs camera conditioning too (channel order)")
+    if transformer.config.in_channels != layout.channels + cam + ctl:
         raise PackError(
-            f"pack {pack.id!r}: denoiser takes {transformer.config.in_channels} channels, the latent layout "
-            f"and camera conditioning say {layout.channels} + {cam}"
+            f"pack {pack.id!r}: denoiser takes {transformer.config.in_channels} channels, the latent layout, "
+            f"camera and control conditioning say {layout.channels} + {cam} + {ctl}"
         )
     lat_h, lat_w = layout.latent_size(width, height)
     frames = pack.draft.window_frames
     tokens = tokens_per_frame(transformer, lat_h, lat_w)
-    module = (CameraDenoiserGraph if cam else DenoiserGraph)(transformer).eval()
+    module = (ControlDenoiserGraph if ctl else CameraDenoiserGraph if cam else DenoiserGraph)(transformer).eval()
     inputs = {
         "latents": (1, layout.channels, frames, lat_h, lat_w),
         "timesteps": (1, frames * tokens),
@@ -117,6 +168,8 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
     }
     if cam:
         inputs["camera"] = (1, cam, frames, lat_h, lat_w)
+    if ctl:
+        inputs["control"] = (1, ctl, frames, lat_h, lat_w)
     graph = Graph(
         name="denoiser",
         module=module,

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from previz.blockout import control_channels
 from previz.errors import PackError, UnknownPackError
 from previz.packs import (
     MANIFEST_NAME,
@@ -52,6 +53,33 @@ def minilm_component() -> Component:
     )
 
 
+def new_denoiser(latent: LatentLayout, transformer: dict[str, Any], *, camera: bool = True,
+                 control_scale: int | None = None) -> Any:
+    """A fresh ``WanTransformer3DModel`` taking latents plus the pack's conditioning channels."""
+    from diffusers import WanTransformer3DModel
+
+    extra = (6 * latent.temporal if camera else 0)  # Plücker rays, frames folded into channels
+    if control_scale is not None:
+        extra += control_channels(latent.temporal, latent.spatial, control_scale)
+    return WanTransformer3DModel(in_channels=latent.channels + extra, out_channels=latent.channels,
+                                 text_dim=MINILM_DIM, **transformer)
+
+
+def new_autoencoder(latent: LatentLayout, channels: int) -> Any:
+    """A frame-group ``AutoencoderTiny``: ``temporal`` RGB frames in the channels, one latent frame out."""
+    from diffusers import AutoencoderTiny
+
+    # One 2x stage per octave of spatial compression (TAESD's shape).
+    stages = int(math.log2(latent.spatial)) + 1
+    if 2 ** (stages - 1) != latent.spatial:
+        raise ValueError(f"spatial compression must be a power of two, got {latent.spatial}")
+    return AutoencoderTiny(
+        in_channels=3 * latent.temporal, out_channels=3 * latent.temporal, latent_channels=latent.channels,
+        encoder_block_out_channels=(channels,) * stages, decoder_block_out_channels=(channels,) * stages,
+        num_encoder_blocks=(1,) * stages, num_decoder_blocks=(1,) * stages,
+    )
+
+
 def build_draft_pack(
     root: Path,
     *,
@@ -62,30 +90,64 @@ def build_draft_pack(
     decoder_channels: int,
     text_tokens: int = 64,
     camera: bool = True,
+    control_scale: int | None = None,
     seed: int = 0,
-    trained: bool = False,
     description: str = "",
 ) -> Pack:
-    """Build a draft pack with seeded (untrained) weights in ``root``, replacing the pack there."""
+    """Build a draft pack with seeded, UNTRAINED weights in ``root``, replacing the pack there."""
+    torch.manual_seed(seed)
+    denoiser = new_denoiser(latent, transformer, camera=camera, control_scale=control_scale)
+    torch.manual_seed(seed + 1)
+    decoder = new_autoencoder(latent, decoder_channels)
+    return save_draft_pack(root, pack_id=pack_id, latent=latent, draft=draft, denoiser=denoiser, decoder=decoder,
+                           text_tokens=text_tokens, camera=camera, control_scale=control_scale, trained=False,
+                           description=description)
+
+
+def save_draft_pack(root: Path, *, pack_id: str, latent: LatentLayout, draft: DraftDefaults, denoiser: Any,
+                    decoder: Any, text_tokens: int, camera: bool, control_scale: int | None, trained: bool,
+                    description: str, extra: dict[str, Any] | None = None) -> Pack:
+    """Write a draft pack (models by ``save_pretrained``, then the manifest) and move it into ``root``.
+
+    The pack is built beside the target and renamed into place, so a half-built
+    pack is never visible.  ``extra`` goes into the manifest's ``training`` record.
+    """
     final_root = Path(root)
     if final_root.exists() and any(final_root.iterdir()) and not (final_root / MANIFEST_NAME).is_file():
         raise PackError(f"refusing to build a pack into {final_root}: it holds files and is not a pack")
     final_root.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename into place, so a half-built pack is never visible.
-    root = Path(tempfile.mkdtemp(dir=final_root.parent, prefix=f".{final_root.name}.building-"))
+    tmp = Path(tempfile.mkdtemp(dir=final_root.parent, prefix=f".{final_root.name}.building-"))
     try:
-        pack = _build(root, pack_id=pack_id, latent=latent, draft=draft, transformer=transformer,
-                      decoder_channels=decoder_channels, text_tokens=text_tokens, camera=camera, seed=seed,
-                      trained=trained, description=description)
+        denoiser.save_pretrained(tmp / "transformer", safe_serialization=True)
+        decoder.save_pretrained(tmp / "decoder", safe_serialization=True)
+        components = {
+            "denoiser": Component("denoiser", "WanTransformer3DModel", "transformer",
+                                  hash_component_dir(tmp / "transformer")),
+            "decoder": Component("decoder", "AutoencoderTiny", "decoder", hash_component_dir(tmp / "decoder")),
+            "text_encoder": minilm_component(),
+        }
+        conditioning: dict[str, Any] = {
+            "text": {"encoder": "all-MiniLM-L6-v2", "dim": MINILM_DIM, "tokens": text_tokens},
+            "context": {"kind": "clean-latent-frames", "frames": draft.context_frames},
+            "camera": {"kind": "plucker", "channels": 6 * latent.temporal, "convention": "opencv",
+                       "relative_to": "first frame"} if camera else None,
+            "control": {"kind": "blockout", "maps": ["depth", "albedo"], "scale": control_scale,
+                        "channels": control_channels(latent.temporal, latent.spatial, control_scale)}
+            if control_scale is not None else None,
+        }
+        pack = Pack(id=pack_id, kind="draft", root=tmp, latent=latent, components=components, trained=trained,
+                    label="trained" if trained else "untrained", description=description, draft=draft,
+                    conditioning=conditioning, training=dict(extra or {}))
+        write_manifest(pack)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(root, 0o777 & ~umask)  # mkdtemp makes 0700; a pack is an ordinary directory
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a pack is an ordinary directory
         with _locked(final_root):
             if final_root.exists():
                 shutil.rmtree(final_root)
-            os.replace(root, final_root)
+            os.replace(tmp, final_root)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return dataclasses.replace(pack, root=final_root)
 
 
@@ -98,62 +160,6 @@ def _locked(root: Path, purpose: str = "install") -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _build(root: Path, *, pack_id: str, latent: LatentLayout, draft: DraftDefaults, transformer: dict[str, Any],
-           decoder_channels: int, text_tokens: int, camera: bool, seed: int, trained: bool,
-           description: str) -> Pack:
-    from diffusers import AutoencoderTiny, WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    camera_channels = 6 * latent.temporal if camera else 0  # Plücker rays, frames folded into channels
-    denoiser: Any = WanTransformer3DModel(
-        in_channels=latent.channels + camera_channels, out_channels=latent.channels, text_dim=MINILM_DIM,
-        **transformer,
-    )
-    denoiser.save_pretrained(root / "transformer", safe_serialization=True)
-    torch.manual_seed(seed + 1)
-    # One 2x upsampling stage per octave of spatial compression (TAESD's shape).
-    stages = int(math.log2(latent.spatial)) + 1
-    if 2 ** (stages - 1) != latent.spatial:
-        raise ValueError(f"spatial compression must be a power of two, got {latent.spatial}")
-    decoder: Any = AutoencoderTiny(
-        in_channels=3 * latent.temporal,
-        out_channels=3 * latent.temporal,
-        latent_channels=latent.channels,
-        encoder_block_out_channels=(decoder_channels,) * stages,
-        decoder_block_out_channels=(decoder_channels,) * stages,
-        num_encoder_blocks=(1,) * stages,
-        num_decoder_blocks=(1,) * stages,
-    )
-    decoder.save_pretrained(root / "decoder", safe_serialization=True)
-    components = {
-        "denoiser": Component(
-            "denoiser", "WanTransformer3DModel", "transformer", hash_component_dir(root / "transformer")
-        ),
-        "decoder": Component("decoder", "AutoencoderTiny", "decoder", hash_component_dir(root / "decoder")),
-        "text_encoder": minilm_component(),
-    }
-    pack = Pack(
-        id=pack_id,
-        kind="draft",
-        root=root,
-        latent=latent,
-        components=components,
-        trained=trained,
-        label="trained" if trained else "untrained",
-        description=description,
-        draft=draft,
-        conditioning={
-            "text": {"encoder": "all-MiniLM-L6-v2", "dim": MINILM_DIM, "tokens": text_tokens},
-            "context": {"kind": "clean-latent-frames", "frames": draft.context_frames},
-            "camera": {"kind": "plucker", "channels": camera_channels, "convention": "opencv",
-                       "relative_to": "first frame"} if camera else None,
-            "control": None,
-        },
-    )
-    write_manifest(pack)
-    return pack
 
 
 # ----------------------------------------------------------------------------- the embedded pack
@@ -179,7 +185,7 @@ def build_tiny_pack(root: Path, seed: int = 0) -> Pack:
     """The embedded pack: deterministic, seeded and UNTRAINED (its drafts are noise)."""
     return build_draft_pack(
         root, pack_id=TINY_PACK_ID, latent=TINY_LATENT, draft=TINY_DRAFT, transformer=TINY_TRANSFORMER,
-        decoder_channels=TINY_DECODER_CHANNELS, text_tokens=64, seed=seed, trained=False,
+        decoder_channels=TINY_DECODER_CHANNELS, text_tokens=64, seed=seed,
         description="Deterministic seeded weights, UNTRAINED: drafts are noise until the backlot pack lands.",
     )
 
@@ -193,3 +199,16 @@ def ensure_tiny_pack(target: Path, say: Any = print) -> Pack:
             say(f"building the embedded pack {TINY_PACK_ID} in {target} (one time, a few seconds)")
         build_tiny_pack(target)
         return load_pack(str(target))
+
+
+# ----------------------------------------------------------------------------- the backlot pack
+
+BACKLOT_PACK_ID = "previz-backlot"
+# The same layout as the tiny pack (so the speed measured there carries over),
+# in a latent space of its own: its autoencoder is trained with it.
+BACKLOT_LATENT = LatentLayout(space="previz-backlot-v1", channels=16, temporal=4, spatial=8, causal_first_frame=False)
+BACKLOT_DRAFT = TINY_DRAFT
+BACKLOT_TRANSFORMER = TINY_TRANSFORMER
+BACKLOT_DECODER_CHANNELS = TINY_DECODER_CHANNELS
+BACKLOT_CONTROL_SCALE = 2  # the blockout control is rendered at half the draft size
+BACKLOT_TEXT_TOKENS = 64

@@ -149,6 +149,7 @@ class Pack:
     conditioning: dict[str, Any] = field(default_factory=dict)
     boundary_ratio: float | None = None  # final packs: where the high-noise expert hands over
     scale: int | None = None  # vsr packs
+    training: dict[str, Any] = field(default_factory=dict)  # how trained weights were made (steps, clips, hours)
 
     def component_dir(self, name: str) -> Path:
         comp = self.component(name)
@@ -291,6 +292,9 @@ def parse_manifest(data: Any, root: Path) -> Pack:
     conditioning = data.get("conditioning", {})
     if not isinstance(conditioning, dict):
         raise PackError(f"{where}: conditioning must be an object")
+    training = data.get("training", {})
+    if not isinstance(training, dict):
+        raise PackError(f"{where}: training must be an object")
     return Pack(
         id=pack_id,
         kind=kind,
@@ -304,6 +308,7 @@ def parse_manifest(data: Any, root: Path) -> Pack:
         conditioning=dict(conditioning),
         boundary_ratio=boundary,
         scale=data.get("scale"),
+        training=dict(training),
     )
 
 
@@ -335,6 +340,8 @@ def manifest_dict(pack: Pack) -> dict[str, Any]:
         out["boundary_ratio"] = pack.boundary_ratio
     if pack.scale is not None:
         out["scale"] = pack.scale
+    if pack.training:
+        out["training"] = pack.training
     return out
 
 

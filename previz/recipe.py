@@ -16,8 +16,9 @@ from typing import Any
 from previz.camera import camera_path
 from previz.errors import InvalidRecipeError
 from previz.packs import Pack
+from previz.scene import parse_scene, scene_from_prompt
 
-DEFAULT_PACK = "previz-tiny"
+DEFAULT_PACK = "previz-backlot"
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
 MIN_SIZE, MAX_SIZE = 32, 3840
@@ -40,6 +41,9 @@ class Recipe:
     # The camera move: {"preset": name, "speed": x, ...} or {"keyframes": [...]},
     # optionally with "shake"; see previz.camera.  None: a locked-off camera.
     camera: dict[str, Any] | None = None
+    # The blockout: {"time_of_day", "ground", "objects": [...]}; see previz.scene.
+    # None: derived from the prompt, and the derived scene is what resolve() returns.
+    scene: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,10 +123,12 @@ def resolve(recipe: Recipe, pack: Pack) -> Recipe:
 
     camera = recipe.camera if recipe.camera is not None else {"preset": "static"}
     camera_path(camera, seconds)  # raises CameraError naming what is wrong
+    # Raises SceneError naming the field; the normal form is what drafts store and clients edit.
+    scene = (parse_scene(recipe.scene) if recipe.scene is not None else scene_from_prompt(recipe.prompt)).to_dict()
 
     return dataclasses.replace(
         recipe, seed=seed, seconds=seconds, width=width, height=height, steps=steps, shift=shift, guidance=guidance,
-        camera=camera,
+        camera=camera, scene=scene,
     )
 
 

@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from engines import Engine, create_engine
+from previz.blockout import control_latent
 from previz.camera import camera_path, plucker_latent
-from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels
+from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels, control_spec
 from previz.packs import Pack, previz_home
 from previz.recipe import Recipe, frame_count, resolve
+from previz.scene import parse_scene
 from previz.sampler import Chunk, chunk_noise, flow_sigmas, guided, plan_chunks, sample_window
 from previz.text import TextEncoder
 
@@ -61,6 +63,7 @@ class TakeStats:
     frames: int = 0
     cancelled: bool = False  # stopped by the caller's cancel event before the last frame
     denoise_s: float = 0.0  # wall time inside the denoiser engine
+    control_s: float = 0.0  # wall time rendering the blockout control
     decode_s: float = 0.0  # wall time inside the decoder engine
 
 
@@ -144,11 +147,36 @@ class DraftModel:
 
         return window
 
+    def control_conditioning(self, recipe: Recipe) -> Callable[[int, int], np.ndarray] | None:
+        """For control packs: (first latent frame, count) -> [1, K, count, h, w] blockout control.
+
+        Rendered window by window along the camera path, like the camera maps.
+        """
+        spec = control_spec(self.pack)
+        if spec is None:
+            return None
+        assert recipe.width and recipe.height and recipe.scene is not None
+        layout = self.pack.latent
+        path = camera_path(recipe.camera, float(recipe.seconds))
+        scene = parse_scene(recipe.scene)
+        frames = frame_count(recipe, self.fps)
+        width, height = recipe.width, recipe.height
+
+        def window(first: int, count: int) -> np.ndarray:
+            maps = control_latent(
+                scene, path, fps=self.fps, frames=frames, width=width, height=height, temporal=layout.temporal,
+                spatial=layout.spatial, causal_first_frame=layout.causal_first_frame, scale=spec.scale,
+                latents=range(first, first + count),
+            )
+            return np.ascontiguousarray(maps.permute(1, 0, 2, 3)[None].numpy())
+
+        return window
+
     def _model(
-        self, prompt_states: np.ndarray, camera: np.ndarray | None, stats: TakeStats
+        self, prompt_states: np.ndarray, extra: dict[str, np.ndarray], stats: TakeStats
     ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """The denoiser engine as the sampler's model: (x, timesteps) -> velocity."""
-        conditioning = {"text": prompt_states} if camera is None else {"text": prompt_states, "camera": camera}
+        conditioning = {"text": prompt_states, **extra}
 
         def model(x: np.ndarray, t: np.ndarray) -> np.ndarray:
             start = time.perf_counter()
@@ -185,6 +213,7 @@ class DraftModel:
 
         window = self.pack.draft.window_frames
         camera_window = self.camera_conditioning(recipe)
+        control_window = self.control_conditioning(recipe)
         prompt = self.text(recipe.prompt)
         negative = self.text(recipe.negative_prompt) if recipe.guidance != 1.0 else None
 
@@ -195,10 +224,16 @@ class DraftModel:
                 stats.cancelled = True
                 return
             noise = chunk_noise(recipe.seed, chunk.index, (1, layout.channels, chunk.new, lat_h, lat_w))
-            camera = None if camera_window is None else camera_window(chunk.start - chunk.context, window)
-            model = self._model(prompt, camera, stats)
+            extra: dict[str, np.ndarray] = {}
+            if camera_window is not None:
+                extra["camera"] = camera_window(chunk.start - chunk.context, window)
+            if control_window is not None:
+                start = time.perf_counter()
+                extra["control"] = control_window(chunk.start - chunk.context, window)
+                stats.control_s += time.perf_counter() - start
+            model = self._model(prompt, extra, stats)
             if negative is not None:
-                model = guided(model, self._model(negative, camera, stats), float(recipe.guidance or 1.0))
+                model = guided(model, self._model(negative, extra, stats), float(recipe.guidance or 1.0))
             context = None if chunk.context == 0 or previous is None else previous[:, :, -chunk.context:]
             clean = sample_window(model, noise, sigmas, context=context, tokens_per_frame=self.tokens_per_frame)
             previous = clean if context is None else np.concatenate([context, clean], axis=2)
