@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--camera", metavar="PRESET[:SPEED]",
                    help="a camera move, e.g. orbit_left:1.5, dolly_zoom_in, crash_zoom_in (default: static)")
     d.add_argument("--camera-file", type=Path, metavar="PATH", help="a camera path: .chan (Nuke/Blender) or .json")
-    d.add_argument("--shake", type=float, metavar="DEGREES", help="add seeded handheld shake of this amplitude")
+    d.add_argument("--shake", type=float, metavar="DEGREES", help="add seeded handheld shake of this amplitude (0-5)")
     d.add_argument("-o", "--output", type=Path, default=Path("take.mp4"), metavar="PATH",
                    help="an .mp4 file (default take.mp4), or a directory: the file is then named <draft id>.mp4")
     add_output_flags(d)

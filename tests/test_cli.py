@@ -151,6 +151,7 @@ def test_camera_flags_reach_the_recipe_and_the_take_goes_back_to_chan(test_pack,
         (["--camera", "pan_left:fast"], "camera speed 'fast'"),
         (["--camera-file", "/nonexistent/cam.chan"], "cannot read camera file"),
         (["--camera", "pan_left", "--camera-file", "x.chan"], "not both"),
+        (["--shake", "9"], "shake amplitude = 9: between 0 and 5 degrees"),  # the page's maximum too
     ],
 )
 def test_bad_cameras_are_one_line_errors(test_pack, tmp_path, capsys, args, needle):
