@@ -42,15 +42,16 @@ def _quiet_libraries() -> None:
 
 def open_pack(ref: str, say: Callable[[str], None]) -> Any:
     """Load a pack; the embedded default is built on first use instead of failing."""
-    from previz.pack_builder import TINY_PACK_ID, ensure_tiny_pack
     from previz.packs import load_pack, pack_search_dirs
 
-    _quiet_libraries()  # here, not in main: commands that load no model never import diffusers
     try:
         pack = load_pack(ref)
     except UnknownPackError:
+        from previz.pack_builder import TINY_PACK_ID, ensure_tiny_pack  # imports torch: only when needed
+
         if ref != TINY_PACK_ID:
             raise
+        _quiet_libraries()
         pack = ensure_tiny_pack(pack_search_dirs()[-1] / TINY_PACK_ID, say)
     return pack
 
@@ -69,7 +70,6 @@ def _say(msg: str) -> None:
 
 
 def cmd_draft(args: argparse.Namespace) -> int:
-    from engines import resolve_backend
     from previz.drafts import DraftStore, default_store_root, new_draft_id
     from previz.recipe import check_prompt
     from previz.video import resolve_output
@@ -85,7 +85,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
         steps=args.steps,
         negative_prompt=args.negative_prompt,
         pack=args.pack,
-        backend=resolve_backend(args.backend),
+        backend=args.backend,  # "auto" is resolved once the recipe is valid: that imports torch
     )
     check_prompt("prompt", recipe.prompt)  # before loading anything: fail fast
     store = None if args.no_store else DraftStore(args.store or default_store_root())
@@ -102,12 +102,17 @@ def cmd_draft(args: argparse.Namespace) -> int:
 def _render_draft(args: argparse.Namespace, recipe: Recipe, output: Path, store: Any, draft_id: str | None) -> int:
     from tqdm import tqdm
 
+    from engines import resolve_backend
     from previz.recipe import frame_count, resolve
-    from previz.take import DraftModel, TakeStats
-    from previz.video import write_mp4
 
     pack = open_pack(args.pack, _say)
     recipe = resolve(dataclasses.replace(recipe, camera=camera_spec(args, pack)), pack)
+    recipe = dataclasses.replace(recipe, backend=resolve_backend(recipe.backend))
+    # Imported only now, so that every error above comes at once (diffusers and torch take seconds).
+    _quiet_libraries()
+    from previz.take import DraftModel, TakeStats
+    from previz.video import write_mp4
+
     model = DraftModel(pack, recipe.backend, width=recipe.width, height=recipe.height)
     model.warmup()  # first-call initialisation is set-up, not part of the take
     total = frame_count(recipe, model.fps)
@@ -197,6 +202,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    check_port(args.host, args.port)  # before anything heavy loads (seconds): a taken port is said at once
     import asyncio
 
     from engines import available_backends, resolve_backend
@@ -205,10 +211,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from previz.session import SessionLimits
     from previz.take import DraftModel
 
-    check_port(args.host, args.port)  # before the pack loads (seconds): a taken port is said at once
     pack = open_pack(args.pack, _say)
-    untrained_note(pack)
     backend = resolve_backend(args.backend)
+    _quiet_libraries()
+    untrained_note(pack)
     model = DraftModel(pack, backend)
     model.warmup()  # the first take should not pay for initialisation
     store = DraftStore(args.store or default_store_root())
@@ -267,6 +273,7 @@ def _draft_graphs(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
     pack = open_pack(args.pack, _say)
     recipe = resolve(Recipe(prompt="-", width=args.width, height=args.height, pack=args.pack), pack)
+    _quiet_libraries()
     tokens, dim = text_shape(pack)
     assert recipe.width and recipe.height
     denoiser, _ = build_denoiser_graph(pack, recipe.width, recipe.height, text_tokens=tokens, text_dim=dim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -326,20 +327,31 @@ def test_drafts_show_gives_the_recipe_once_and_file_paths(test_pack, tmp_path, c
     assert Path(shown["video"]).read_bytes() == (tmp_path / "y.mp4").read_bytes()
 
 
-def test_commands_that_render_nothing_import_no_model_libraries(tmp_path):
+def test_commands_that_render_nothing_import_no_model_libraries(test_pack, tmp_path):
+    heavy = ("torch", "diffusers", "transformers", "onnxruntime", "scipy", "av")
     code = (
         "import sys\n"
         "from previz.cli import main\n"
+        f"heavy = {heavy!r}\n"
+        "def loaded():\n"
+        "    print(sorted(m for m in heavy if m in sys.modules))\n"
         f"main(['drafts', 'list', '--store', {str(tmp_path / 'store')!r}])\n"
+        "loaded()\n"
         "try:\n"
         "    main(['draft', 'x', '--seconds', 'abc'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'scipy', 'av') if m in sys.modules))\n"
+        "loaded()\n"
+        "for bad in (['--width', '100'], ['--backend', 'warp-drive']):\n"
+        "    assert main(['draft', 'x', '--pack', 'previz-test', '--no-store', *bad]) == 2\n"
+        "loaded()\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    after_list, after_usage_error, after_recipe_errors = result.stdout.strip().splitlines()[-3:]
+    assert after_list == after_usage_error == "[]"
+    # The recipe is checked with scipy (camera) and PyAV (output) at most; no model library is needed.
+    assert set(ast.literal_eval(after_recipe_errors)) <= {"scipy", "av"}, after_recipe_errors
 
 
 def test_a_port_in_use_is_reported_before_the_pack_loads(capsys):
