@@ -176,7 +176,8 @@ def camera_spec(args: argparse.Namespace, pack: Any) -> dict[str, Any] | None:
 def cmd_camera(args: argparse.Namespace) -> int:
     """Write a camera path (a preset, a file, or a take's recipe) as .chan or .json."""
     from previz.camera import CameraError, load_camera_file, parse_spec, path_from_spec, write_chan
-    from previz.video import read_recipe
+    from previz.errors import OutputError
+    from previz.video import check_output_path, read_recipe
 
     aspect = args.aspect
     if args.take:
@@ -196,7 +197,13 @@ def cmd_camera(args: argparse.Namespace) -> int:
         text = json.dumps(path.to_dict(), indent=1) + "\n"
     else:
         raise CameraError(f"{args.output}: write .chan or .json", value=str(args.output))
-    args.output.write_text(text)
+    check_output_path(args.output, overwrite=args.force, make_dirs=args.mkdir)  # the rules of draft -o
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    except OSError as exc:
+        raise OutputError(f"cannot write {args.output}: {exc.strerror}", field="output",
+                          value=str(args.output)) from None
     print(f"wrote {args.output}: {len(path.keyframes)} keyframes over {path.duration:g} s")
     return 0
 
@@ -373,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shake", type=float, metavar="DEGREES")
     c.add_argument("--fps", type=float, default=24.0, help=".chan frame rate (default 24)")
     c.add_argument("--aspect", type=float, default=16 / 9, help="image aspect for the .chan vertical FOV")
-    c.add_argument("-o", "--output", type=Path, required=True)
+    c.add_argument("-o", "--output", type=Path, required=True, help="a .chan or .json file")
+    c.add_argument("--force", action="store_true", help="replace an existing file")
+    c.add_argument("--mkdir", action="store_true", help="create the output's missing directories")
     c.set_defaults(func=cmd_camera)
 
     m = sub.add_parser("models", help="list packs and the backends this machine can run")

@@ -366,3 +366,14 @@ def test_a_port_in_use_is_reported_before_the_pack_loads(capsys):
     err = _err(capsys)
     assert len(err) == 1 and err[0].startswith(f"previz: error: cannot serve on 127.0.0.1:{port}: ")
     assert "no-such-pack" not in err[0]
+
+
+def test_camera_output_follows_the_same_file_rules(tmp_path, capsys):
+    chan = tmp_path / "cam" / "orbit.chan"
+    assert main(["camera", "orbit_left", "-o", str(chan)]) == 2
+    assert "add --mkdir" in _err(capsys)[0] and not chan.parent.exists()
+    assert main(["camera", "orbit_left", "--mkdir", "-o", str(chan)]) == 0
+    first = chan.read_text()
+    assert main(["camera", "pan_left", "-o", str(chan)]) == 2
+    assert "already exists" in _err(capsys)[-1] and chan.read_text() == first
+    assert main(["camera", "pan_left", "--force", "-o", str(chan)]) == 0 and chan.read_text() != first
