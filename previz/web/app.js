@@ -361,8 +361,8 @@ function cameraSpec() {
 
 function readSeed() {
   const text = $("seed").value.trim();
-  if (!/^\d+$/.test(text)) return 0;
-  const seed = BigInt(text);  // exact; a seed above MAX_SEED goes as typed, and the server says so
+  if (!/^-?\d+$/.test(text)) return 0;
+  const seed = BigInt(text);  // exact; a seed outside 0..MAX_SEED goes as typed, and the server says so
   return seed <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(seed) : seed;
 }
 
