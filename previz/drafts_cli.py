@@ -74,8 +74,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     with _open(args) as store:
         draft = store.get(args.id)
         out = draft.to_dict()
-        if out["meta"].get("recipe") == out["recipe"]:
-            del out["meta"]["recipe"]  # the same recipe, shown once at the top
+        out["meta"].pop("recipe", None)  # the take's copy of the recipe at the top: shown once
         # Files on this machine, not the server's URLs: a terminal user opens or copies them.
         files = store.files.resolve() / draft.id
         out["video"], out["thumbnail"], out["latents"] = (str(files / name) for name in (TAKE, THUMB, LATENTS))
