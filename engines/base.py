@@ -75,6 +75,8 @@ def resolve_backend(name: str) -> str:
     minutes, which a user should ask for (``--backend tensorrt``).
     """
     if name != "auto":
+        if name not in BACKENDS:
+            _backend_module(name)  # raises, naming the choices, without importing any runtime
         return name
     return "onnxruntime" if _backend_module("onnxruntime").unavailable_reason() is None else "torch"
 

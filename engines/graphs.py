@@ -11,9 +11,12 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only: importing torch costs the CLI a second before any error
+    import torch
 
 
 @dataclass(frozen=True)

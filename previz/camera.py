@@ -41,6 +41,7 @@ EASES = ("linear", "in", "out", "in_out")
 PRESET_RATE = 24  # keyframes per second when a preset is expanded
 MIN_FOCAL_MM, MAX_FOCAL_MM = 4.0, 1200.0
 ZOOM_RANGE_MM = (12.0, 400.0)  # a long cine zoom's range
+MAX_SHAKE_DEGREES = 5.0  # handheld wobble; the page's shake field has the same maximum
 
 
 class CameraError(PrevizError, ValueError):
@@ -323,8 +324,9 @@ def with_shake(path: CameraPath, amplitude: float, seed: int = 0, frequency: flo
     a seed, smooth (no frame-to-frame jitter a real operator would not make).
     """
     _finite([amplitude, frequency], "shake amplitude / frequency")
-    if amplitude < 0:
-        raise CameraError(f"shake amplitude = {amplitude}: must be >= 0", value=amplitude)
+    if not 0 <= amplitude <= MAX_SHAKE_DEGREES:
+        raise CameraError(f"shake amplitude = {amplitude:g}: between 0 and {MAX_SHAKE_DEGREES:g} degrees",
+                          value=amplitude)
     rng = np.random.default_rng(seed)
     n = max(2, int(math.ceil(path.duration * PRESET_RATE)) + 1)
     times = np.linspace(0.0, path.duration, n) if path.duration > 0 else np.zeros(1)

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import secrets
 import sys
 import time
 import warnings
@@ -17,12 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from previz.camera import CameraError
-from previz.drafts_cli import add_drafts_parser
+from previz.drafts_cli import add_drafts_parser, add_output_flags
 from previz.errors import PrevizError, UnknownPackError
 from previz.recipe import DEFAULT_PACK, Recipe
 
 EXIT_USER_ERROR = 2
+RANDOM_SEEDS = 2**31  # a seed left out is drawn below this, as the page draws one
 
 
 def _quiet_libraries() -> None:
@@ -41,18 +42,24 @@ def _quiet_libraries() -> None:
 
 def open_pack(ref: str, say: Callable[[str], None]) -> Any:
     """Load a pack; the embedded default is built on first use instead of failing."""
-    from previz.pack_builder import TINY_PACK_ID, ensure_tiny_pack
     from previz.packs import load_pack, pack_search_dirs
 
     try:
         pack = load_pack(ref)
     except UnknownPackError:
+        from previz.pack_builder import TINY_PACK_ID, ensure_tiny_pack  # imports torch: only when needed
+
         if ref != TINY_PACK_ID:
             raise
+        _quiet_libraries()
         pack = ensure_tiny_pack(pack_search_dirs()[-1] / TINY_PACK_ID, say)
-    if not pack.trained:
-        say(f"note: pack {pack.id} is {pack.label.upper()}: its drafts are noise, not pictures")
     return pack
+
+
+def untrained_note(pack: Any) -> None:
+    """Said once a take is written or the server is up; never on top of an error."""
+    if not pack.trained:
+        _say(f"note: pack {pack.id} is {pack.label.upper()}: its drafts are noise, not pictures")
 
 
 def _say(msg: str) -> None:
@@ -63,13 +70,12 @@ def _say(msg: str) -> None:
 
 
 def cmd_draft(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from previz.drafts import DraftStore, default_store_root, new_draft_id
+    from previz.recipe import check_prompt
+    from previz.video import resolve_output
 
-    from engines import resolve_backend
-    from previz.recipe import check_prompt, frame_count, resolve
-    from previz.take import DraftModel, TakeStats
-    from previz.video import check_output_path, write_mp4
-
+    if args.seed is None:
+        args.seed = secrets.randbelow(RANDOM_SEEDS)  # printed below, so the take can be made again
     recipe = Recipe(
         prompt=args.prompt,
         seed=args.seed,
@@ -79,17 +85,40 @@ def cmd_draft(args: argparse.Namespace) -> int:
         steps=args.steps,
         negative_prompt=args.negative_prompt,
         pack=args.pack,
-        backend=resolve_backend(args.backend),
+        backend=args.backend,  # "auto" is resolved once the recipe is valid: that imports torch
     )
     check_prompt("prompt", recipe.prompt)  # before loading anything: fail fast
-    check_output_path(args.output)
+    store = None if args.no_store else DraftStore(args.store or default_store_root())
+    draft_id = new_draft_id() if store is not None else None
+    try:
+        output = resolve_output(args.output, dir_name=f"{draft_id}.mp4" if draft_id else None,
+                                force=args.force, mkdir=args.mkdir)
+        return _render_draft(args, recipe, output, store, draft_id)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _render_draft(args: argparse.Namespace, recipe: Recipe, output: Path, store: Any, draft_id: str | None) -> int:
+    from tqdm import tqdm
+
+    from engines import resolve_backend
+    from previz.recipe import frame_count, resolve
+
     pack = open_pack(args.pack, _say)
     recipe = resolve(dataclasses.replace(recipe, camera=camera_spec(args, pack)), pack)
+    recipe = dataclasses.replace(recipe, backend=resolve_backend(recipe.backend))
+    # Imported only now, so that every error above comes at once (diffusers and torch take seconds).
+    _quiet_libraries()
+    from previz.take import DraftModel, TakeStats
+    from previz.video import write_mp4
+
     model = DraftModel(pack, recipe.backend, width=recipe.width, height=recipe.height)
     model.warmup()  # first-call initialisation is set-up, not part of the take
     total = frame_count(recipe, model.fps)
     stats = TakeStats()  # the clock starts here: set-up above is not part of the take
-    frames = model.generate(recipe, stats=stats)
+    latents: list[Any] = []
+    frames = model.generate(recipe, stats=stats, on_chunk=lambda _chunk, kept: latents.append(kept))
     bar = tqdm(total=total, unit="frame", desc="draft", file=sys.stderr, disable=args.quiet)
 
     def images() -> Any:
@@ -98,22 +127,37 @@ def cmd_draft(args: argparse.Namespace) -> int:
             yield frame.image
 
     start = time.perf_counter()
-    written = write_mp4(args.output, images(), fps=model.fps, meta=model.metadata(recipe))
+    meta = model.metadata(recipe)
+    if store is None:
+        written = write_mp4(output, images(), fps=model.fps, meta=meta)
+    else:
+        import numpy as np
+
+        # The store encodes the take once; the file at -o is a copy of the stored MP4.
+        draft = store.add(recipe=recipe.to_dict(), meta=meta, frames=list(images()),
+                          latents=np.concatenate(latents, axis=2), fps=model.fps, draft_id=draft_id)
+        if args.mkdir:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        store.export(draft.id, output)
+        written = draft.frames
     elapsed = time.perf_counter() - start
     bar.close()
     fps = written / elapsed
     _say(
-        f"wrote {args.output}: {written} frames at {model.fps} fps ({written / model.fps:.2f} s) "
+        f"wrote {output}: {written} frames at {model.fps} fps ({written / model.fps:.2f} s) "
         f"in {elapsed:.2f} s = {fps:.1f} fps, {fps / model.fps:.2f}x real time, "
         f"first frame after {1000 * (stats.first_frame_s or 0):.0f} ms "
         f"[{recipe.backend}: {', '.join(model.denoiser.info.providers)}; pack {pack.id}, {pack.label}]"
     )
+    _say(f"seed {recipe.seed}; " + (f"stored as draft {draft_id} in {store.root} (see `previz drafts list`)"
+                                    if store is not None else "not stored (--no-store)"))
+    untrained_note(pack)
     return 0
 
 
 def camera_spec(args: argparse.Namespace, pack: Any) -> dict[str, Any] | None:
     """--camera PRESET[:speed] or --camera-file, plus --shake, as the recipe's camera."""
-    from previz.camera import load_camera_file, parse_spec
+    from previz.camera import CameraError, load_camera_file, parse_spec
 
     if args.camera and args.camera_file:
         raise CameraError("give --camera or --camera-file, not both")
@@ -131,17 +175,13 @@ def camera_spec(args: argparse.Namespace, pack: Any) -> dict[str, Any] | None:
 
 def cmd_camera(args: argparse.Namespace) -> int:
     """Write a camera path (a preset, a file, or a take's recipe) as .chan or .json."""
-    from previz.camera import load_camera_file, parse_spec, path_from_spec, write_chan
-    from previz.video import read_recipe
+    from previz.camera import CameraError, load_camera_file, parse_spec, path_from_spec, write_chan
+    from previz.errors import OutputError
+    from previz.video import check_output_path, read_recipe
 
     aspect = args.aspect
     if args.take:
-        try:
-            recipe = read_recipe(args.take)["recipe"]
-        except (OSError, KeyError, ValueError) as exc:
-            raise CameraError(
-                f"{args.take} holds no previz recipe ({type(exc).__name__})", value=str(args.take)
-            ) from None
+        recipe = read_recipe(args.take)["recipe"]  # InputFileError: missing, not a video, no recipe
         spec, seconds = recipe.get("camera") or {"preset": "static"}, float(recipe["seconds"])
         aspect = recipe["width"] / recipe["height"]
     elif args.camera_file:
@@ -157,12 +197,19 @@ def cmd_camera(args: argparse.Namespace) -> int:
         text = json.dumps(path.to_dict(), indent=1) + "\n"
     else:
         raise CameraError(f"{args.output}: write .chan or .json", value=str(args.output))
-    args.output.write_text(text)
+    check_output_path(args.output, overwrite=args.force, make_dirs=args.mkdir)  # the rules of draft -o
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    except OSError as exc:
+        raise OutputError(f"cannot write {args.output}: {exc.strerror}", field="output",
+                          value=str(args.output)) from None
     print(f"wrote {args.output}: {len(path.keyframes)} keyframes over {path.duration:g} s")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    check_port(args.host, args.port)  # before anything heavy loads (seconds): a taken port is said at once
     import asyncio
 
     from engines import available_backends, resolve_backend
@@ -173,6 +220,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     pack = open_pack(args.pack, _say)
     backend = resolve_backend(args.backend)
+    _quiet_libraries()
+    untrained_note(pack)
     model = DraftModel(pack, backend)
     model.warmup()  # the first take should not pay for initialisation
     store = DraftStore(args.store or default_store_root())
@@ -188,6 +237,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind and release each address the server will bind, so a port in use fails before any work."""
+    import socket
+
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+                probe.bind(address)
+    except OSError as exc:
+        raise PrevizError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -216,6 +280,7 @@ def _draft_graphs(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
     pack = open_pack(args.pack, _say)
     recipe = resolve(Recipe(prompt="-", width=args.width, height=args.height, pack=args.pack), pack)
+    _quiet_libraries()
     tokens, dim = text_shape(pack)
     assert recipe.width and recipe.height
     denoiser, _ = build_denoiser_graph(pack, recipe.width, recipe.height, text_tokens=tokens, text_dim=dim)
@@ -270,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("draft", help="render one draft take to an MP4")
     d.add_argument("prompt", help="what the shot shows")
     d.add_argument("--seconds", type=float, default=4.0, help="take length (default 4)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=None,
+                   help="noise seed, 0 or more; same seed + same recipe = same take "
+                        "(default: a random one, printed after the take)")
     d.add_argument("--backend", default="auto",
                    help="auto | torch | onnxruntime | tensorrt (auto: onnxruntime where installed, else torch)")
     d.add_argument("--pack", default=DEFAULT_PACK, help="pack name, directory or hub id")
@@ -281,8 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--camera", metavar="PRESET[:SPEED]",
                    help="a camera move, e.g. orbit_left:1.5, dolly_zoom_in, crash_zoom_in (default: static)")
     d.add_argument("--camera-file", type=Path, metavar="PATH", help="a camera path: .chan (Nuke/Blender) or .json")
-    d.add_argument("--shake", type=float, metavar="DEGREES", help="add seeded handheld shake of this amplitude")
-    d.add_argument("-o", "--output", type=Path, default=Path("take.mp4"))
+    d.add_argument("--shake", type=float, metavar="DEGREES", help="add seeded handheld shake of this amplitude (0-5)")
+    d.add_argument("-o", "--output", type=Path, default=Path("take.mp4"), metavar="PATH",
+                   help="an .mp4 file (default take.mp4), or a directory: the file is then named <draft id>.mp4")
+    add_output_flags(d)
+    d.add_argument("--store", type=Path, default=None, metavar="DIR",
+                   help="draft store the take is kept in (default: $PREVIZ_HOME/drafts, i.e. ~/.cache/previz/drafts)")
+    d.add_argument("--no-store", action="store_true", help="write only the MP4; keep no draft in the store")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_draft)
 
@@ -308,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shake", type=float, metavar="DEGREES")
     c.add_argument("--fps", type=float, default=24.0, help=".chan frame rate (default 24)")
     c.add_argument("--aspect", type=float, default=16 / 9, help="image aspect for the .chan vertical FOV")
-    c.add_argument("-o", "--output", type=Path, required=True)
+    c.add_argument("-o", "--output", type=Path, required=True, help="a .chan or .json file")
+    c.add_argument("--force", action="store_true", help="replace an existing file")
+    c.add_argument("--mkdir", action="store_true", help="create the output's missing directories")
     c.set_defaults(func=cmd_camera)
 
     m = sub.add_parser("models", help="list packs and the backends this machine can run")
@@ -331,7 +405,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
     try:
         return int(args.func(args))
     except PrevizError as exc:

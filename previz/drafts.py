@@ -96,6 +96,11 @@ def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(8)
 
 
+def new_draft_id() -> str:
+    """An id for a draft about to be added (the CLI names its output file after it before rendering)."""
+    return _new_id("d")
+
+
 def check_draft_id(draft_id: Any) -> str:
     """The id, if it is one we could have issued; UnknownDraftError otherwise (never a path)."""
     if not isinstance(draft_id, str) or not _DRAFT_ID.match(draft_id):
@@ -327,8 +332,11 @@ class DraftStore:
     # ------------------------------------------------------------------ drafts
 
     def add(self, *, recipe: dict[str, Any], meta: dict[str, Any], frames: Sequence[np.ndarray],
-            latents: np.ndarray, fps: int) -> Draft:
-        """Store a finished take: files first (atomic, fsynced), then the row."""
+            latents: np.ndarray, fps: int, draft_id: str | None = None) -> Draft:
+        """Store a finished take: files first (atomic, fsynced), then the row.
+
+        ``draft_id`` (from :func:`new_draft_id`) is for a caller that must know the id in advance.
+        """
         # Imported here, not at module top: PyAV, Pillow and the engines package (torch)
         # cost over a second, and `previz drafts list` or a page of drafts needs none of them.
         import safetensors.numpy
@@ -348,7 +356,7 @@ class DraftStore:
         pack = meta.get("pack") if isinstance(meta.get("pack"), dict) else {}
         latent_space = str(pack.get("latent_space", "")) if pack else ""
 
-        draft_id = _new_id("d")
+        draft_id = check_draft_id(draft_id) if draft_id is not None else new_draft_id()
         directory = self.files / draft_id
         try:
             directory.mkdir(parents=True)

@@ -69,9 +69,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from previz.drafts import LATENTS, TAKE, THUMB
+
     with _open(args) as store:
         draft = store.get(args.id)
         out = draft.to_dict()
+        out["meta"].pop("recipe", None)  # the take's copy of the recipe at the top: shown once
+        # Files on this machine, not the server's URLs: a terminal user opens or copies them.
+        files = store.files.resolve() / draft.id
+        out["video"], out["thumbnail"], out["latents"] = (str(files / name) for name in (TAKE, THUMB, LATENTS))
         out["jobs"] = [j.to_dict() for j in store.jobs(draft_id=draft.id)]
     print(json.dumps(out, indent=2, sort_keys=True))
     return 0
@@ -109,10 +115,23 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from previz.video import resolve_output
+
     with _open(args) as store:
-        path = store.export(args.id, args.output)
+        draft = store.get(args.id)  # a bad id is the first thing to say
+        target = resolve_output(args.output, dir_name=f"{draft.id}.mp4", force=args.force, mkdir=args.mkdir)
+        if args.mkdir:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        path = store.export(draft.id, target)
     print(path)
     return 0
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """--force and --mkdir: the same rules for every command that writes an MP4 (see video.resolve_output)."""
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing file, and allow a name that does not end in .mp4")
+    parser.add_argument("--mkdir", action="store_true", help="create the output's missing directories")
 
 
 def add_drafts_parser(sub: Any) -> None:
@@ -152,5 +171,6 @@ def add_drafts_parser(sub: Any) -> None:
 
     p = with_id(dsub.add_parser("export", parents=[common], help="copy a draft's MP4 out of the store"))
     p.add_argument("-o", "--output", type=Path, required=True, metavar="PATH",
-                   help="a file, or a directory (the file is then named <id>.mp4)")
+                   help="an .mp4 file, or a directory: the file is then named <draft id>.mp4")
+    add_output_flags(p)
     p.set_defaults(func=cmd_export)

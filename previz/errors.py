@@ -65,6 +65,12 @@ class OutputError(PrevizError):
     code = "output_error"
 
 
+class InputFileError(PrevizError):
+    """A file previz was asked to read is missing, unreadable or not what it should be."""
+
+    code = "input_error"
+
+
 class DraftError(PrevizError):
     """A stored draft cannot be read, changed or promoted as asked."""
 

@@ -452,10 +452,25 @@ def _snapshot(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
     except Exception as exc:  # network, auth, missing repo: all one message to the user
         raise UnknownPackError(
-            f"unknown pack {repo_id!r}: not in the local hub cache and could not be fetched ({type(exc).__name__})",
+            f"unknown pack {repo_id!r}: not in the local hub cache, and {_hub_failure(exc)}",
             field="pack",
             value=repo_id,
         ) from None
+
+
+def _hub_failure(exc: Exception) -> str:
+    """Why a hub download failed, in words (never the exception's class name)."""
+    import os
+
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(exc, GatedRepoError):  # before its base class, RepositoryNotFoundError
+        return "the hub refused access to it (log in with `hf auth login`, or ask the owner for access)"
+    if isinstance(exc, RepositoryNotFoundError):
+        return "the hub has no such repository (or it is private)"
+    if isinstance(exc, LocalEntryNotFoundError) and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return "HF_HUB_OFFLINE is set, so it was not downloaded"
+    return "the hub could not be reached to download it"
 
 
 def load_pack(ref: str, *, verify: bool = True) -> Pack:

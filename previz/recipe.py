@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from previz.camera import camera_path
 from previz.errors import InvalidRecipeError
 from previz.packs import Pack
 from previz.scene import parse_scene, scene_from_prompt
@@ -120,6 +119,8 @@ def resolve(recipe: Recipe, pack: Pack) -> Recipe:
         raise _bad("guidance", guidance, "at least 1.0 (1.0 turns guidance off)")
     if not isinstance(recipe.backend, str) or not recipe.backend:
         raise _bad("backend", recipe.backend, "a backend name")
+
+    from previz.camera import camera_path  # here: scipy costs the CLI's parser half a second
 
     camera = recipe.camera if recipe.camera is not None else {"preset": "static"}
     camera_path(camera, seconds)  # raises CameraError naming what is wrong

@@ -164,3 +164,45 @@ def test_unlocked_seed_and_live_camera_updates(page):
     assert first == {"camera": {"preset": "static", "speed": 1.25}}
     assert second == {"camera": {"preset": "static", "speed": 1.25, "shake": {"amplitude": 0.5, "seed": seeds[1]}}}
     frames_drawn_at_least(page, 5)
+
+
+def test_page_offers_the_cli_choices_and_enforces_its_limits(page, live_server):
+    from previz.drafts import FINAL_FORMATS
+    from previz.recipe import MAX_SEED
+
+    # The promote formats are exactly the CLI's (`previz drafts promote --format`).
+    options = page.eval_on_selector_all("#promote-format option", "els => els.map((e) => e.value)")
+    assert options == list(FINAL_FORMATS)
+
+    page.fill("#prompt", "a lighthouse in a gale")
+    page.fill("#seconds", "1")
+    page.check("#seed-lock")
+
+    def error_after(action) -> str:
+        before = page.text_content("#status")
+        action()
+        return wait_until(lambda: (t := page.text_content("#status")) != before
+                          and "error" in (page.get_attribute("#status", "class") or "") and t, "an error")
+
+    # Shake above the field's maximum (5) is refused, as the CLI refuses it.
+    page.fill("#seed", "7")
+    page.fill("#shake", "9")
+    status = error_after(lambda: page.click("#generate"))
+    assert "shake amplitude = 9: between 0 and 5 degrees" in status, status
+    page.fill("#shake", "0")
+
+    # A seed one above MAX_SEED is refused by name ...
+    status = error_after(lambda: (page.fill("#seed", str(MAX_SEED + 1)), page.click("#generate")))
+    assert "seed" in status and str(MAX_SEED + 1) in status, status
+
+    # ... and every seed up to MAX_SEED travels exactly and stays whole in the box.
+    for seed in (1256266967, MAX_SEED):
+        page.fill("#seed", str(seed))
+        page.click("#generate")
+        wait_until(lambda seed=seed: [m for m in page.sent if m["type"] == "generate"
+                                      and m["recipe"]["seed"] == seed], f"a generate with seed {seed}")
+        assert page.input_value("#seed") == str(seed)
+        assert page.eval_on_selector("#seed", "el => el.scrollWidth <= el.clientWidth"), "digits cut off"
+        wait_until(lambda seed=seed: any(d.recipe["seed"] == seed for d in live_server.store.list()),
+                   f"the draft with seed {seed}")
+        assert page.input_value("#seed") == str(seed)

@@ -64,8 +64,10 @@ def test_unknown_pack_names_the_value():
 
 def test_unknown_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(UnknownPackError, match="nobody/nothing"):
+    with pytest.raises(UnknownPackError, match="nobody/nothing") as exc:
         load_pack("nobody/nothing")
+    assert exc.value.message.endswith("HF_HUB_OFFLINE is set, so it was not downloaded")  # words, no class name
+    assert "Error" not in exc.value.message
 
 
 @pytest.fixture

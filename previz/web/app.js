@@ -20,6 +20,14 @@ const ALIAS_PREFIXES = ["crash_", "super_", "whip_"];
 
 const $ = (id) => document.getElementById(id);
 
+// Seeds go up to 2**63 - 1 (the recipe's MAX_SEED), past what a JS number holds exactly, so the page
+// keeps them as BigInt and writes them into the JSON as bare digits.
+const BIGINT_MARK = "\u0000bigint:";
+const BIGINT_JSON = /"\\u0000bigint:(\d+)"/g;
+function toJSON(value) {
+  return JSON.stringify(value, (_, v) => (typeof v === "bigint" ? BIGINT_MARK + v : v))?.replace(BIGINT_JSON, "$1");
+}
+
 const state = {
   ws: null,
   nextId: 1,
@@ -197,7 +205,7 @@ function send(type, fields = {}) {
     return null;
   }
   const id = state.nextId++;
-  state.ws.send(JSON.stringify({type, id, ...fields}));
+  state.ws.send(toJSON({type, id, ...fields}));
   return id;
 }
 
@@ -272,7 +280,8 @@ function onTakeStarted(ev) {
   if (state.takeId !== ev.take_id) startTake(ev.take_id);
   state.generating = true;
   const r = ev.recipe || {};
-  if (r.seed !== undefined) $("seed").value = String(r.seed);  // the resolved seed, for reproducing it
+  // The resolved seed, for reproducing it; one past 2**53 came from this box and is shown exactly there.
+  if (Number.isSafeInteger(r.seed)) $("seed").value = String(r.seed);
   $("take-info").textContent = `#${ev.take_id} · ${ev.frames} frames`;
   $("gen-fps").textContent = $("rtf").textContent = $("ttff").textContent = "…";
   setStatus(`take ${ev.take_id}: generating ${ev.frames} frames`);
@@ -346,13 +355,15 @@ function fillPresets(names) {
 function cameraSpec() {
   const spec = {preset: $("camera").value || "static", speed: Number($("speed").value)};
   const shake = Number($("shake").value);
-  if (shake > 0) spec.shake = {amplitude: shake, seed: Number($("seed").value) || 0};
+  if (shake > 0) spec.shake = {amplitude: shake, seed: readSeed()};
   return spec;
 }
 
 function readSeed() {
-  const seed = Number.parseInt($("seed").value, 10);
-  return Number.isFinite(seed) ? seed : 0;
+  const text = $("seed").value.trim();
+  if (!/^-?\d+$/.test(text)) return 0;
+  const seed = BigInt(text);  // exact; a seed outside 0..MAX_SEED goes as typed, and the server says so
+  return seed <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(seed) : seed;
 }
 
 // The full recipe as the controls show it. Seconds are not clamped here: the server is the
@@ -391,7 +402,7 @@ function sendUpdate(keys) {
   const recipe = currentRecipe();
   const changed = {};
   for (const key of keys) {
-    if (JSON.stringify(recipe[key]) !== JSON.stringify(state.sent[key])) changed[key] = recipe[key];
+    if (toJSON(recipe[key]) !== toJSON(state.sent[key])) changed[key] = recipe[key];
   }
   if (changed.prompt === "") delete changed.prompt;  // an empty prompt is a mid-edit state, not a request
   if (Object.keys(changed).length === 0) return true;
