@@ -42,7 +42,7 @@ def _quiet_libraries() -> None:
 
 def open_pack(ref: str, say: Callable[[str], None]) -> Any:
     """Load a pack; the embedded default is built on first use instead of failing."""
-    from previz.packs import load_pack, pack_search_dirs
+    from previz.packs import load_pack, user_packs_dir
 
     try:
         pack = load_pack(ref)
@@ -52,7 +52,7 @@ def open_pack(ref: str, say: Callable[[str], None]) -> Any:
         if ref != TINY_PACK_ID:
             raise
         _quiet_libraries()
-        pack = ensure_tiny_pack(pack_search_dirs()[-1] / TINY_PACK_ID, say)
+        pack = ensure_tiny_pack(user_packs_dir() / TINY_PACK_ID, say)
     return pack
 
 
@@ -261,7 +261,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     packs = list_packs()
     print("packs:")
     if not packs:
-        print(f"  (none yet; the embedded {DEFAULT_PACK} is built on first use)")
+        print("  (none found)")
     for p in packs:
         size = f"{p.draft.width}x{p.draft.height} @ {p.draft.fps} fps" if p.draft else ""
         print(f"  {p.id:<20} {p.kind:<6} {p.label:<10} {p.latent.space:<16} {size}  {p.root}")

@@ -62,9 +62,18 @@ def previz_home() -> Path:
     return Path(os.environ.get("PREVIZ_HOME", Path.home() / ".cache" / "previz"))
 
 
+# Packs that ship inside previz (the trained backlot pack): searched last, so a
+# user's own pack of the same name wins.
+BUILTIN_PACKS = Path(__file__).resolve().parent / "packs_builtin"
+
+
+def user_packs_dir() -> Path:
+    return previz_home() / "packs"
+
+
 def pack_search_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("PREVIZ_PACKS", "").split(os.pathsep) if p]
-    return dirs + [previz_home() / "packs"]
+    return dirs + [user_packs_dir(), BUILTIN_PACKS]
 
 
 @dataclass(frozen=True)

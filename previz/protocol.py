@@ -36,6 +36,7 @@ RECIPE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "height": int,
     "steps": int,
     "camera": dict,
+    "scene": dict,
 }
 
 

@@ -30,6 +30,7 @@ from previz.drafts import DraftStore
 from previz.errors import InvalidRecipeError, PrevizError
 from previz.protocol import FrameHeader, Message
 from previz.recipe import MAX_PROMPT_CHARS, MAX_STEPS, Recipe, frame_count, resolve
+from previz.scene import COLORS, GROUNDS, MAX_OBJECTS, SHAPES, TIMES_OF_DAY
 from previz.take import DraftModel, Frame
 from previz.worker import GenerationWorker, TakeJob, throughput
 
@@ -162,6 +163,9 @@ class Session:
                 "packs": [pack.id],
                 "backends": self.backends,
                 "presets": sorted(PRESETS) + sorted(ALIASES),
+                "scene": {"shapes": list(SHAPES), "colors": {k: "#{:02x}{:02x}{:02x}".format(*v) for k, v in COLORS.items()},
+                          "grounds": list(GROUNDS), "times_of_day": list(TIMES_OF_DAY), "max_objects": MAX_OBJECTS,
+                          "control": bool(pack.conditioning.get("control"))},
                 "image_format": self.limits.image_format,
                 "limits": {
                     "max_seconds": pack.draft.max_seconds,
@@ -266,7 +270,7 @@ class Session:
         self.send_event(protocol.event(
             "take_started", message.id, take_id=job.take_id, recipe=recipe.to_dict(),
             frames=frame_count(recipe, self.model.fps), fps=self.model.fps,
-            chunks=_chunk_count(self.model, recipe),
+            chunks=_chunk_count(self.model, recipe), control_preview=self.model.control_preview(recipe),
         ))
 
     # Worker-thread callbacks.  They only hand work on: the generation thread

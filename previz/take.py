@@ -9,6 +9,7 @@ setting ``cancel`` (checked between chunks) or by simply not asking for more.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import importlib.metadata
 import threading
@@ -19,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from engines import Engine, create_engine
-from previz.blockout import control_latent
+from previz.blockout import control as blockout_control
+from previz.blockout import control_latent, poses_to_tensors
 from previz.camera import camera_path, plucker_latent
 from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels, control_spec
 from previz.packs import Pack, previz_home
 from previz.recipe import Recipe, frame_count, resolve
-from previz.scene import parse_scene
 from previz.sampler import Chunk, chunk_noise, flow_sigmas, guided, plan_chunks, sample_window
+from previz.scene import parse_scene
 from previz.text import TextEncoder
 
 
@@ -171,6 +174,25 @@ class DraftModel:
             return np.ascontiguousarray(maps.permute(1, 0, 2, 3)[None].numpy())
 
         return window
+
+    def control_preview(self, recipe: Recipe) -> dict[str, Any] | None:
+        """The take's first control frame, small, for the page: raw RGB bytes (base64) of albedo and depth.
+
+        Raw pixels rather than an image file, so the page draws them with
+        ``putImageData`` under its strict content policy.  None for packs without control.
+        """
+        spec = control_spec(self.pack)
+        if spec is None:
+            return None
+        assert recipe.width and recipe.height and recipe.scene is not None
+        width, height = recipe.width // 2, recipe.height // 2
+        path = camera_path(recipe.camera, float(recipe.seconds))
+        c2w, focal = poses_to_tensors(path, np.zeros(1), width)
+        maps = ((blockout_control(parse_scene(recipe.scene), c2w, focal, width, height)[0] + 1.0) * 127.5)
+        maps = maps.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # [h, w, 4]
+        depth = np.repeat(maps[..., :1], 3, axis=-1)
+        return {"width": width, "height": height, "albedo": base64.b64encode(maps[..., 1:].tobytes()).decode(),
+                "depth": base64.b64encode(np.ascontiguousarray(depth).tobytes()).decode()}
 
     def _model(
         self, prompt_states: np.ndarray, extra: dict[str, np.ndarray], stats: TakeStats

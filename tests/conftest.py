@@ -141,3 +141,18 @@ def live_server(test_pack, tmp_path, cache_dir):
     server = LiveServer(test_pack, tmp_path / "drafts", cache_dir)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def backlot_pack() -> Pack:
+    """The trained pack that ships inside previz (the default): blockout control, camera, text."""
+    from previz.packs import BUILTIN_PACKS
+
+    return load_pack(str(BUILTIN_PACKS / "previz-backlot"))
+
+
+@pytest.fixture
+def backlot_server(backlot_pack, tmp_path, cache_dir):
+    server = LiveServer(backlot_pack, tmp_path / "drafts", cache_dir)
+    yield server
+    server.close()

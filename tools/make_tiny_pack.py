@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 from previz.pack_builder import TINY_PACK_ID, build_tiny_pack
-from previz.packs import load_pack, pack_search_dirs
+from previz.packs import load_pack, user_packs_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the embedded (untrained) previz-tiny pack.")
-    parser.add_argument("--out", type=Path, default=pack_search_dirs()[-1] / TINY_PACK_ID)
+    parser.add_argument("--out", type=Path, default=user_packs_dir() / TINY_PACK_ID)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     build_tiny_pack(args.out, seed=args.seed)

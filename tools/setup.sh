@@ -11,9 +11,5 @@ fi
 # setuptools' "Editable installation" banner is advice for package authors, not for someone installing previz.
 PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[cpu,dev]"
 
-# The embedded pack (untrained, deterministic) is built here rather than shipped:
-# random weights do not belong in git history, and the build takes seconds.
-PREVIZ_HOME="${PREVIZ_HOME:-$HOME/.cache/previz}"
-if [ ! -f "$PREVIZ_HOME/packs/previz-tiny/previz_pack.json" ]; then
-  .venv/bin/python tools/make_tiny_pack.py
-fi
+# The default pack, previz-backlot, is trained and ships inside the package
+# (previz/packs_builtin); the untrained previz-tiny is built only when asked for.
