@@ -47,20 +47,26 @@ class ShotTensors:
 
 
 def random_scene(rng: np.random.Generator) -> Scene:
-    """Objects where a blocked shot puts them: ahead of the camera, mostly on the ground, some stacked."""
-    count = int(rng.choice([0, 1, 1, 2, 2, 3, 3, 4, 5, 6]))
+    """Objects where a blocked shot puts them: in view ahead of the camera, mostly on the ground, some
+    stacked, and a third of the scenes in a row at the distance the prompt parser uses."""
+    count = int(rng.choice([0, 1, 1, 2, 2, 3, 3, 4, 4, 5]))
     names = list(COLORS)
+    in_a_row = rng.random() < 0.3
+    row_z = -rng.uniform(5.0, 8.0)
     objects: list[SceneObject] = []
-    for _ in range(count):
+    for i in range(count):
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         base = np.array(DEFAULT_SIZES[shape])
-        size = base * rng.uniform(0.5, 2.0) * rng.uniform(0.75, 1.33, 3)
+        size = base * rng.uniform(0.6, 2.2) * rng.uniform(0.75, 1.33, 3)
         if rng.random() < 0.8:
             color = COLORS[names[int(rng.integers(len(names)))]]
         else:
             color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        z = -rng.uniform(2.5, 14.0)
-        x = rng.uniform(-0.55, 0.55) * abs(z) * 1.1
+        if in_a_row:
+            z, x = row_z, (i - (count - 1) / 2.0) * 1.8
+        else:
+            z = -rng.uniform(3.0, 12.0)
+            x = rng.uniform(-0.4, 0.4) * abs(z)
         y = 0.0
         if objects and rng.random() < 0.15:  # stacked on an earlier object
             under = objects[int(rng.integers(len(objects)))]

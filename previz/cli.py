@@ -76,9 +76,15 @@ def cmd_draft(args: argparse.Namespace) -> int:
 
     if args.seed is None:
         args.seed = secrets.randbelow(RANDOM_SEEDS)  # printed below, so the take can be made again
+    scene = None
+    if args.scene is not None:
+        from previz.scene import load_scene_file
+
+        scene = load_scene_file(args.scene)  # checked now: a bad scene file fails before anything loads
     recipe = Recipe(
         prompt=args.prompt,
         seed=args.seed,
+        scene=scene,
         seconds=args.seconds,
         width=args.width,
         height=args.height,
@@ -205,6 +211,34 @@ def cmd_camera(args: argparse.Namespace) -> int:
         raise OutputError(f"cannot write {args.output}: {exc.strerror}", field="output",
                           value=str(args.output)) from None
     print(f"wrote {args.output}: {len(path.keyframes)} keyframes over {path.duration:g} s")
+    return 0
+
+
+def cmd_scene(args: argparse.Namespace) -> int:
+    """Write the scene blockout of a take, or the one a prompt gives, as JSON (the form --scene reads)."""
+    from previz.errors import OutputError
+    from previz.scene import parse_scene, scene_from_prompt
+    from previz.video import check_output_path, read_recipe
+
+    if (args.prompt is None) == (args.take is None):
+        raise PrevizError("give a prompt or --take TAKE.mp4 (one of them)")
+    if args.take is not None:
+        recipe = read_recipe(args.take)["recipe"]  # InputFileError: missing, not a video, no recipe
+        scene = parse_scene(recipe.get("scene") or scene_from_prompt(recipe["prompt"]))
+    else:
+        scene = scene_from_prompt(args.prompt)
+    text = json.dumps(scene.to_dict(), indent=1) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    check_output_path(args.output, overwrite=args.force, make_dirs=args.mkdir)
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    except OSError as exc:
+        raise OutputError(f"cannot write {args.output}: {exc.strerror}", field="output",
+                          value=str(args.output)) from None
+    _say(f"wrote {args.output}: {len(scene.objects)} objects, {scene.ground} at {scene.time_of_day}")
     return 0
 
 
@@ -349,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a camera move, e.g. orbit_left:1.5, dolly_zoom_in, crash_zoom_in (default: static)")
     d.add_argument("--camera-file", type=Path, metavar="PATH", help="a camera path: .chan (Nuke/Blender) or .json")
     d.add_argument("--shake", type=float, metavar="DEGREES", help="add seeded handheld shake of this amplitude (0-5)")
+    d.add_argument("--scene", type=Path, metavar="PATH",
+                   help="the scene blockout as JSON (see `previz scene`; default: derived from the prompt)")
     d.add_argument("-o", "--output", type=Path, default=Path("take.mp4"), metavar="PATH",
                    help="an .mp4 file (default take.mp4), or a directory: the file is then named <draft id>.mp4")
     add_output_flags(d)
@@ -384,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing file")
     c.add_argument("--mkdir", action="store_true", help="create the output's missing directories")
     c.set_defaults(func=cmd_camera)
+
+    sc = sub.add_parser("scene", help="write a scene blockout as JSON: a take's, or the one a prompt gives")
+    sc.add_argument("prompt", nargs="?", help="derive the scene from this prompt")
+    sc.add_argument("--take", type=Path, help="the scene of this previz MP4 take")
+    sc.add_argument("-o", "--output", type=Path, default=None, help="a .json file (default: standard output)")
+    sc.add_argument("--force", action="store_true", help="replace an existing file")
+    sc.add_argument("--mkdir", action="store_true", help="create the output's missing directories")
+    sc.set_defaults(func=cmd_scene)
 
     m = sub.add_parser("models", help="list packs and the backends this machine can run")
     m.set_defaults(func=cmd_models)

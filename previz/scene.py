@@ -20,12 +20,14 @@ prompt alone gives a scene, and the client is shown what was understood.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from previz.errors import PrevizError
+from previz.errors import InputFileError, PrevizError
 
 MAX_OBJECTS = 16
 MIN_SIZE_M, MAX_SIZE_M = 0.05, 50.0
@@ -178,6 +180,19 @@ def parse_scene(data: Any) -> Scene:
         raise SceneError(f"{len(objects)} objects; at most {MAX_OBJECTS}", field="scene.objects", value=len(objects))
     return Scene(time_of_day=tod, ground=ground,
                  objects=tuple(parse_object(o, f"scene.objects[{i}]") for i, o in enumerate(objects)))
+
+
+def load_scene_file(path: Path) -> dict[str, Any]:
+    """A scene from a JSON file (as ``previz scene`` writes it), checked; errors say what is wrong in words."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path} does not exist", field="scene", value=str(path))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"{path} is not a readable JSON scene file ({getattr(exc, 'msg', None) or exc})",
+                             field="scene", value=str(path)) from None
+    return parse_scene(data).to_dict()
 
 
 # ----------------------------------------------------------------------------- the prompt parser
