@@ -377,3 +377,44 @@ def test_camera_output_follows_the_same_file_rules(tmp_path, capsys):
     assert main(["camera", "pan_left", "-o", str(chan)]) == 2
     assert "already exists" in _err(capsys)[-1] and chan.read_text() == first
     assert main(["camera", "pan_left", "--force", "-o", str(chan)]) == 0 and chan.read_text() != first
+
+
+def test_scene_files_drive_a_take_and_come_back_out(test_pack, tmp_path, capsys):
+    from previz.scene import scene_from_prompt
+
+    shot = tmp_path / "shot.json"
+    assert main(["scene", "two red boxes left of a tall blue pillar on sand at dusk", "-o", str(shot)]) == 0
+    written = json.loads(shot.read_text())
+    assert written == scene_from_prompt("two red boxes left of a tall blue pillar on sand at dusk").to_dict()
+    written["objects"][0]["color"] = "#00ff00"  # edited by hand, as a filmmaker would
+    shot.write_text(json.dumps(written))
+    take = tmp_path / "take.mp4"
+    assert main(["draft", "a lighthouse", "--pack", "previz-test", "--seconds", "0.5", "--scene", str(shot),
+                 "--no-store", "-q", "-o", str(take)]) == 0
+    assert json.loads(ffprobe(take)["format"]["tags"]["comment"])["recipe"]["scene"] == written
+    back = tmp_path / "back.json"
+    assert main(["scene", "--take", str(take), "-o", str(back)]) == 0
+    assert json.loads(back.read_text()) == written
+    assert main(["scene", "--take", str(take), "-o", str(back)]) == 2  # exists: the -o rules hold
+    capsys.readouterr()
+    assert main(["scene", "a red cube"]) == 0  # no -o: standard output
+    assert json.loads(capsys.readouterr().out)["objects"][0]["shape"] == "box"
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (None, "does not exist"),
+        ("{not json", "not a readable JSON scene file"),
+        ('{"objects": [{"shape": "blob", "position": [0, 0, -4]}]}', "scene.objects[0].shape: unknown shape 'blob'"),
+        ('{"ground": "lava"}', "scene.ground: 'lava' is not one of"),
+    ],
+)
+def test_bad_scene_files_are_one_line_errors(test_pack, tmp_path, capsys, content, needle):
+    path = tmp_path / "scene.json"
+    if content is not None:
+        path.write_text(content)
+    code = main(["draft", "a cube", "--pack", "previz-test", "--scene", str(path), "-o", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "x.mp4").exists()

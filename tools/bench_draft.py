@@ -3,7 +3,7 @@
 Everything is measured in one run on this machine, so the ratios compare like
 with like.  Prints markdown for BENCHMARKS.md.
 
-    python tools/bench_draft.py                     # embedded pack, 4 s takes
+    python tools/bench_draft.py                     # the default (backlot) pack, 4 s takes
     python tools/bench_draft.py --stock-frames 0    # skip the (slow) stock WanPipeline run
 
 What is measured
@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from previz.recipe import DEFAULT_PACK
 
 warnings.filterwarnings("ignore")
 
@@ -85,7 +87,8 @@ def bench_backend(pack: Any, backend: str, seconds: float, repeats: int) -> dict
         n = sum(1 for _ in model.generate(recipe, stats=stats))
         elapsed = time.perf_counter() - start
         if i:  # the first take warms caches (allocator, text cache); it is not counted
-            rows.append((n / elapsed, stats.first_frame_s or 0.0, stats.denoise_s / n, stats.decode_s / n))
+            rows.append((n / elapsed, stats.first_frame_s or 0.0, stats.denoise_s / n, stats.decode_s / n,
+                         stats.control_s / max(1, stats.chunks_done)))
     fps = statistics.median(r[0] for r in rows)
     return {
         "fps": fps,
@@ -93,6 +96,7 @@ def bench_backend(pack: Any, backend: str, seconds: float, repeats: int) -> dict
         "ttff_ms": 1000 * statistics.median(r[1] for r in rows),
         "denoise_ms_per_frame": 1000 * statistics.median(r[2] for r in rows),
         "decode_ms_per_frame": 1000 * statistics.median(r[3] for r in rows),
+        "control_ms_per_window": 1000 * statistics.median(r[4] for r in rows),
         "providers": ",".join(model.denoiser.info.providers),
         "model": model,
     }
@@ -113,8 +117,8 @@ def bench_ours_for_frames(model: Any, frames: int) -> tuple[float, float]:
     return time.perf_counter() - start, stats.denoise_s
 
 
-def without_camera_channels(transformer: Any, channels: int) -> Any:
-    """The same weights, less the patch-embedding inputs for camera channels stock Wan does not feed."""
+def without_conditioning_channels(transformer: Any, channels: int) -> Any:
+    """The same weights, less the patch-embedding inputs (camera, control) that stock Wan does not feed."""
     from diffusers import WanTransformer3DModel
 
     if transformer.config.in_channels == channels:
@@ -139,7 +143,7 @@ def bench_stock(pack: Any, model: Any, frames: int) -> tuple[float, float]:
         vae=AutoencoderKLWan().eval(),  # the real Wan 2.1 VAE configuration (random weights)
         scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                           flow_shift=draft.shift),
-        transformer=without_camera_channels(load_component(pack, "denoiser"), pack.latent.channels),
+        transformer=without_conditioning_channels(load_component(pack, "denoiser"), pack.latent.channels),
     )
     pipe.set_progress_bar_config(disable=True)
     embeds = torch.from_numpy(np.array(model.text("a red cube on a sandy plain")))
@@ -159,7 +163,7 @@ def bench_stock(pack: Any, model: Any, frames: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pack", default="previz-tiny")
+    parser.add_argument("--pack", default=DEFAULT_PACK)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backends", default="torch,onnxruntime")
@@ -178,11 +182,12 @@ def main() -> None:
           f"(context {pack.draft.context_frames}), {args.seconds:g} s takes, median of {args.repeats}\n")
 
     results = {b: bench_backend(pack, b, args.seconds, args.repeats) for b in args.backends.split(",")}
-    print("| backend | providers | fps | realtime factor | time to first frame | denoise ms/frame | decode ms/frame |")
-    print("|---|---|---|---|---|---|---|")
+    print("| backend | providers | fps | realtime factor | time to first frame | denoise ms/frame | decode ms/frame "
+          "| blockout control ms/window |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['providers']} | {r['fps']:.1f} | {r['rtf']:.2f}x | {r['ttff_ms']:.0f} ms | "
-              f"{r['denoise_ms_per_frame']:.2f} | {r['decode_ms_per_frame']:.2f} |")
+              f"{r['denoise_ms_per_frame']:.2f} | {r['decode_ms_per_frame']:.2f} | {r['control_ms_per_window']:.1f} |")
     if "torch" in results and "onnxruntime" in results:
         print(f"\nonnxruntime / torch eager: {results['onnxruntime']['fps'] / results['torch']['fps']:.2f}x")
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from previz.backlot import HELD_OUT_SEEDS, random_shot
-from previz.blockout import appearance, cast, control, poses_to_tensors, scene_tensors, camera_rays
+from previz.blockout import appearance, camera_rays, cast, control, poses_to_tensors, scene_tensors
 from previz.camera import PRESETS, camera_path
 from previz.packs import load_pack
 from previz.recipe import Recipe, frame_count, resolve
