@@ -22,7 +22,10 @@ looking down -Z; world +Y up).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,23 +191,27 @@ def _cone(o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 PRIMITIVES = (_box, _sphere, _cylinder, _cone)  # indexed by SHAPE_IDS
 
 
-def _trace_objects(st: SceneTensors, origin: torch.Tensor, direction: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _trace_objects(st: SceneTensors, origin: torch.Tensor, direction: torch.Tensor, *, normals: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Nearest object hit per ray: t [R] (+inf for none), object index [R] (-1), world normal [R, 3].
 
     A bounding-sphere test picks, per object, the few rays that can hit it, and
     only those run the exact test: objects cover a small part of most frames.
+    The test is written with two [R, 3] x [3, K] products so that no [R, K, 3]
+    temporary is made: memory traffic, not arithmetic, is what costs on a CPU.
     """
     n = origin.shape[0]
     t_best = torch.full((n,), math.inf, device=origin.device)
     k_best = torch.full((n,), -1, dtype=torch.long, device=origin.device)
-    n_best = torch.zeros_like(origin)
+    n_best = torch.zeros_like(origin) if normals else None
     if not st.count:
         return t_best, k_best, n_best
-    oc = origin[:, None, :] - st.centre[None]  # [R, K, 3]
-    b = (oc * direction[:, None, :]).sum(-1)
-    disc = b * b - ((oc * oc).sum(-1) - st.radius[None] ** 2)
-    candidates = (disc >= 0) & (-b + torch.sqrt(disc.clamp_min(0.0)) > EPS)  # [R, K]
+    # |o + t d - c|^2 = r^2 with |d| = 1:  b = (o - c).d,  c0 = |o - c|^2 - r^2
+    b = (origin * direction).sum(-1, keepdim=True) - direction @ st.centre.T  # [R, K]
+    c0 = (origin * origin).sum(-1, keepdim=True) - 2.0 * origin @ st.centre.T + (
+        (st.centre * st.centre).sum(-1) - st.radius ** 2)
+    disc = b * b - c0
+    candidates = (disc >= 0) & ((disc > b * b) | (b < 0))  # the sphere is (partly) ahead of the ray
     for k, shape in enumerate(st.shapes):
         idx = candidates[:, k].nonzero()[:, 0]
         if idx.numel() == 0:
@@ -215,15 +222,15 @@ def _trace_objects(st: SceneTensors, origin: torch.Tensor, direction: torch.Tens
         o = torch.stack([c * rel[:, 0] - s * rel[:, 2], rel[:, 1], s * rel[:, 0] + c * rel[:, 2]], -1) / half
         d = torch.stack([c * dirs[:, 0] - s * dirs[:, 2], dirs[:, 1], s * dirs[:, 0] + c * dirs[:, 2]], -1) / half
         t, n_local = PRIMITIVES[shape](o, d)
-        # Normals go back by the inverse transpose: divide by the size again, then redo the yaw.
-        nl = n_local / half
-        normal = torch.nn.functional.normalize(
-            torch.stack([c * nl[:, 0] + s * nl[:, 2], nl[:, 1], -s * nl[:, 0] + c * nl[:, 2]], -1), dim=-1)
         better = t < t_best[idx]
         hit = idx[better]
         t_best[hit] = t[better]
         k_best[hit] = k
-        n_best[hit] = normal[better]
+        if n_best is not None:
+            # Normals go back by the inverse transpose: divide by the size again, then redo the yaw.
+            nl = n_local[better] / half
+            n_best[hit] = torch.nn.functional.normalize(
+                torch.stack([c * nl[:, 0] + s * nl[:, 2], nl[:, 1], -s * nl[:, 0] + c * nl[:, 2]], -1), dim=-1)
     return t_best, k_best, n_best
 
 
@@ -233,32 +240,34 @@ class Hits:
 
     t: torch.Tensor  # [R]
     kind: torch.Tensor  # [R] long
-    normal: torch.Tensor  # [R, 3]
     albedo: torch.Tensor  # [R, 3]
-    point: torch.Tensor  # [R, 3]
+    normal: torch.Tensor | None = None  # [R, 3], when asked for
+    point: torch.Tensor | None = None  # [R, 3], when normals are
 
 
-def cast(scene: Scene, st: SceneTensors, origin: torch.Tensor, direction: torch.Tensor) -> Hits:
+def cast(scene: Scene, st: SceneTensors, origin: torch.Tensor, direction: torch.Tensor, *,
+         normals: bool = True) -> Hits:
     """Trace rays [R, 3] against the ground (y = 0) and every object."""
     dy = direction[:, 1]
-    t_ground = torch.where(dy < -1e-6, -origin[:, 1] / _safe(dy), torch.full_like(dy, math.inf))
-    t_ground = torch.where((t_ground > EPS) & (origin[:, 1] > 0), t_ground, torch.full_like(dy, math.inf))
-    kind = torch.where(torch.isfinite(t_ground) & (t_ground < FAR_M), 0, -1)
-    t = torch.where(kind == 0, t_ground, torch.full_like(dy, math.inf))
-    ground = torch.tensor(GROUND_ALBEDO[scene.ground], device=origin.device)
-    albedo = torch.where((kind == 0)[:, None], ground, torch.tensor(sky_albedo(scene.time_of_day),
-                                                                    device=origin.device))
+    t = -origin[:, 1] / _safe(dy)  # the ground plane, where a ray descends to it from above
+    t = torch.where((dy < -1e-6) & (origin[:, 1] > 0) & (t > EPS) & (t < FAR_M), t, math.inf)
+    kind = torch.where(torch.isfinite(t), 0, -1)
+    t_obj, k, n_obj = _trace_objects(st, origin, direction, normals=normals)
+    nearer = t_obj < t
+    t = torch.where(nearer, t_obj, t)
+    kind = torch.where(nearer, k + 1, kind)
+    # One palette lookup for every ray's flat colour: sky, ground, then the objects.
+    palette = torch.cat([torch.tensor([sky_albedo(scene.time_of_day), GROUND_ALBEDO[scene.ground]],
+                                      device=origin.device), st.albedo])
+    albedo = palette[kind + 1]
+    if not normals:
+        return Hits(t=t, kind=kind, albedo=albedo)
     normal = torch.zeros_like(origin)
     normal[:, 1] = 1.0
-    if st.count:
-        t_obj, k, n_obj = _trace_objects(st, origin, direction)
-        nearer = t_obj < torch.minimum(t, torch.full_like(t, FAR_M))
-        t = torch.where(nearer, t_obj, t)
-        kind = torch.where(nearer, k + 1, kind)
+    if n_obj is not None:
         normal = torch.where(nearer[:, None], n_obj, normal)
-        albedo = torch.where(nearer[:, None], st.albedo[k.clamp_min(0)], albedo)
     point = origin + t.clamp(max=FAR_M)[:, None] * direction
-    return Hits(t=t, kind=kind, normal=normal, albedo=albedo, point=point)
+    return Hits(t=t, kind=kind, albedo=albedo, normal=normal, point=point)
 
 
 def camera_rays(c2w: torch.Tensor, focal_px: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,7 +305,7 @@ def control(scene: Scene, c2w: torch.Tensor, focal_px: torch.Tensor, width: int,
     """[N, 4, H, W] in [-1, 1]: depth code, then flat albedo RGB."""
     st = st or scene_tensors(scene, c2w.device)
     origin, direction = camera_rays(c2w, focal_px, width, height)
-    hits = cast(scene, st, origin, direction)
+    hits = cast(scene, st, origin, direction, normals=False)
     maps = torch.cat([depth_code(hits.t)[:, None], hits.albedo], -1)  # [N*H*W, 4]
     return (maps.reshape(len(c2w), height, width, CONTROL_CHANNELS).permute(0, 3, 1, 2) * 2.0 - 1.0).contiguous()
 
@@ -323,6 +332,7 @@ def value_noise(x: torch.Tensor, z: torch.Tensor, salt: int) -> torch.Tensor:
 def _ground_texture(scene: Scene, hits: Hits) -> torch.Tensor:
     """Brightness multiplier for ground pixels; contrast fades with distance, a cheap stand-in for mip-mapping."""
     contrast, coarse, fine, tile = GROUND_TEXTURE[scene.ground]
+    assert hits.point is not None
     x, z = hits.point[:, 0], hits.point[:, 2]
     n = 0.65 * value_noise(x * coarse, z * coarse, 1) + 0.35 * value_noise(x * fine, z * fine, 2)
     tex = 1.0 + contrast * (2.0 * n - 1.0) * torch.exp(-hits.t.clamp(max=FAR_M) / 25.0)
@@ -350,10 +360,12 @@ def appearance(scene: Scene, c2w: torch.Tensor, focal_px: torch.Tensor, width: i
     sky = sky + sun * 0.45 * (direction @ sun_dir).clamp_min(0.0)[:, None] ** 48
 
     albedo = hits.albedo * torch.where(hits.kind == 0, _ground_texture(scene, hits), 1.0)[:, None]
+    assert hits.normal is not None and hits.point is not None
     lambert = (hits.normal @ sun_dir).clamp_min(0.0)
     lit = torch.ones_like(lambert)
     if st.count:  # sun shadows: anything between the point and the sun
-        t_shadow, _, _ = _trace_objects(st, hits.point + hits.normal * 1e-3, sun_dir.expand_as(hits.point))
+        t_shadow, _, _ = _trace_objects(st, hits.point + hits.normal * 1e-3, sun_dir.expand_as(hits.point),
+                                        normals=False)
         lit = torch.where(torch.isfinite(t_shadow), 0.0, 1.0)
     hemisphere = 0.6 + 0.4 * hits.normal[:, 1:2]  # faces turned to the sky get more of it
     shaded = albedo * (ambient * hemisphere + sun * (lambert * lit)[:, None])
@@ -364,6 +376,27 @@ def appearance(scene: Scene, c2w: torch.Tensor, focal_px: torch.Tensor, width: i
 
 
 # ----------------------------------------------------------------------------- control at latent resolution
+
+
+_THREADS = threading.Lock()
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch's CPU ops on one thread for a while.
+
+    A window's control is ~100 elementwise ops on ~150k rays: split over
+    threads, each op costs more in hand-offs than it saves, and far more when
+    ONNX Runtime's threads share the cores.  Measured on 2 busy cores, a 2 s
+    take's control: 1380 ms on torch's 2 threads, 498 ms on one.
+    """
+    with _THREADS:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def control_latent(scene: Scene, path: CameraPath, *, fps: float, frames: int, width: int, height: int,
@@ -383,7 +416,11 @@ def control_latent(scene: Scene, path: CameraPath, *, fps: float, frames: int, w
     flat = [f for g in chosen for f in g]
     w, h = width // scale, height // scale
     c2w, focal = poses_to_tensors(path, np.array(flat, dtype=np.float64) / fps, w, device)
-    maps = control(scene, c2w, focal, w, h, scene_tensors(scene, device))  # [L*T, 4, h*f, w*f]
+    if torch.device(device).type == "cpu":
+        with single_threaded():
+            maps = control(scene, c2w, focal, w, h, scene_tensors(scene, device))  # [L*T, 4, h*f, w*f]
+    else:
+        maps = control(scene, c2w, focal, w, h, scene_tensors(scene, device))
     factor = spatial // scale
     folded = torch.nn.functional.pixel_unshuffle(maps, factor)  # [L*T, 4*f*f, h, w]
     return folded.reshape(len(chosen), temporal * folded.shape[1], *folded.shape[2:])

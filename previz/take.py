@@ -24,7 +24,7 @@ import torch
 
 from engines import Engine, create_engine
 from previz.blockout import control as blockout_control
-from previz.blockout import control_latent, poses_to_tensors
+from previz.blockout import control_latent, poses_to_tensors, single_threaded
 from previz.camera import camera_path, plucker_latent
 from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels, control_spec
 from previz.packs import Pack, previz_home
@@ -164,13 +164,22 @@ class DraftModel:
         scene = parse_scene(recipe.scene)
         frames = frame_count(recipe, self.fps)
         width, height = recipe.width, recipe.height
+        rendered: dict[int, torch.Tensor] = {}  # latent frame -> its control: windows share their context frames
 
         def window(first: int, count: int) -> np.ndarray:
-            maps = control_latent(
-                scene, path, fps=self.fps, frames=frames, width=width, height=height, temporal=layout.temporal,
-                spatial=layout.spatial, causal_first_frame=layout.causal_first_frame, scale=spec.scale,
-                latents=range(first, first + count),
-            )
+            wanted = range(first, first + count)
+            missing = [i for i in wanted if i not in rendered]
+            if missing:
+                maps = control_latent(
+                    scene, path, fps=self.fps, frames=frames, width=width, height=height,
+                    temporal=layout.temporal, spatial=layout.spatial, causal_first_frame=layout.causal_first_frame,
+                    scale=spec.scale, latents=missing,
+                )
+                for i, m in zip(missing, maps, strict=True):
+                    rendered[i] = m
+                for i in [i for i in rendered if i < first]:
+                    del rendered[i]  # a take moves forward: earlier frames are never asked for again
+            maps = torch.stack([rendered[i] for i in wanted])
             return np.ascontiguousarray(maps.permute(1, 0, 2, 3)[None].numpy())
 
         return window
@@ -188,7 +197,8 @@ class DraftModel:
         width, height = recipe.width // 2, recipe.height // 2
         path = camera_path(recipe.camera, float(recipe.seconds))
         c2w, focal = poses_to_tensors(path, np.zeros(1), width)
-        maps = ((blockout_control(parse_scene(recipe.scene), c2w, focal, width, height)[0] + 1.0) * 127.5)
+        with single_threaded():
+            maps = ((blockout_control(parse_scene(recipe.scene), c2w, focal, width, height)[0] + 1.0) * 127.5)
         maps = maps.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # [h, w, 4]
         depth = np.repeat(maps[..., :1], 3, axis=-1)
         return {"width": width, "height": height, "albedo": base64.b64encode(maps[..., 1:].tobytes()).decode(),
