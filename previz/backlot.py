@@ -58,10 +58,8 @@ def random_scene(rng: np.random.Generator) -> Scene:
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         base = np.array(DEFAULT_SIZES[shape])
         size = base * rng.uniform(0.6, 2.2) * rng.uniform(0.75, 1.33, 3)
-        if rng.random() < 0.8:
-            color = COLORS[names[int(rng.integers(len(names)))]]
-        else:
-            color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        r, g, b = (int(c) for c in rng.integers(0, 256, 3))
+        color = COLORS[names[int(rng.integers(len(names)))]] if rng.random() < 0.8 else (r, g, b)
         if in_a_row:
             z, x = row_z, (i - (count - 1) / 2.0) * 1.8
         else:

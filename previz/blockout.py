@@ -57,11 +57,15 @@ def _toward(azimuth_deg: float, elevation_deg: float) -> tuple[float, float, flo
     return math.cos(e) * math.cos(a), math.sin(e), -math.cos(e) * math.sin(a)
 
 
+# time of day -> Light(toward the sun, sun colour, ambient, zenith, horizon).  The sun stands behind the
+# camera's shoulder at every time of day, so a blocked shot's faces read rather than backlit.
 LIGHTS = {
     "dawn": Light(_toward(-35.0, 12.0), (1.05, 0.78, 0.55), (0.32, 0.33, 0.42), (0.38, 0.50, 0.72), (0.95, 0.72, 0.58)),
-    "day": Light(_toward(-60.0, 55.0), (1.00, 0.96, 0.88), (0.38, 0.44, 0.55), (0.25, 0.45, 0.85), (0.70, 0.82, 0.95)),
+    "day": Light(_toward(-60.0, 55.0), (1.00, 0.96, 0.88), (0.38, 0.44, 0.55), (0.25, 0.45, 0.85),
+                 (0.70, 0.82, 0.95)),
     "dusk": Light(_toward(215.0, 8.0), (1.00, 0.52, 0.28), (0.30, 0.24, 0.32), (0.22, 0.22, 0.45), (0.98, 0.55, 0.32)),
-    "night": Light(_toward(-120.0, 40.0), (0.30, 0.34, 0.48), (0.09, 0.10, 0.17), (0.01, 0.02, 0.06), (0.06, 0.08, 0.16)),
+    "night": Light(_toward(-120.0, 40.0), (0.30, 0.34, 0.48), (0.09, 0.10, 0.17), (0.01, 0.02, 0.06),
+                   (0.06, 0.08, 0.16)),
 }
 GROUND_ALBEDO = {
     "grass": (0.30, 0.52, 0.22), "sand": (0.86, 0.76, 0.55), "asphalt": (0.22, 0.22, 0.24),
@@ -270,7 +274,8 @@ def cast(scene: Scene, st: SceneTensors, origin: torch.Tensor, direction: torch.
     return Hits(t=t, kind=kind, albedo=albedo, normal=normal, point=point)
 
 
-def camera_rays(c2w: torch.Tensor, focal_px: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+def camera_rays(c2w: torch.Tensor, focal_px: torch.Tensor, width: int, height: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins and unit directions [N*H*W, 3] through pixel centres, GL camera convention."""
     device = c2w.device
     v, u = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32) + 0.5,

@@ -198,11 +198,12 @@ class DraftModel:
         path = camera_path(recipe.camera, float(recipe.seconds))
         c2w, focal = poses_to_tensors(path, np.zeros(1), width)
         with single_threaded():
-            maps = ((blockout_control(parse_scene(recipe.scene), c2w, focal, width, height)[0] + 1.0) * 127.5)
-        maps = maps.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # [h, w, 4]
+            control = blockout_control(parse_scene(recipe.scene), c2w, focal, width, height)[0]
+        maps = ((control + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # [h, w, 4]
         depth = np.repeat(maps[..., :1], 3, axis=-1)
-        return {"width": width, "height": height, "albedo": base64.b64encode(maps[..., 1:].tobytes()).decode(),
-                "depth": base64.b64encode(np.ascontiguousarray(depth).tobytes()).decode()}
+        return {"width": width, "height": height,
+                "albedo": base64.b64encode(np.ascontiguousarray(maps[..., 1:]).tobytes()).decode(),
+                "depth": base64.b64encode(depth.tobytes()).decode()}
 
     def _model(
         self, prompt_states: np.ndarray, extra: dict[str, np.ndarray], stats: TakeStats

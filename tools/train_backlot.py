@@ -266,8 +266,8 @@ class Trainer:
         self.ae_opt = torch.optim.AdamW(self.ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
         if (run / "ae.safetensors").exists():
             load_checkpoint(run / "ae.safetensors", self.ae, self.ae_opt, None, self.state["ae"]["steps"])
-        self.denoiser = new_denoiser(cfg.latent, cfg.transformer, camera=True, control_scale=cfg.control_scale).to(device)
-        self.ema = new_denoiser(cfg.latent, cfg.transformer, camera=True, control_scale=cfg.control_scale).to(device)
+        self.denoiser = self._new_denoiser().to(device)
+        self.ema = self._new_denoiser().to(device)
         self.ema.load_state_dict(self.denoiser.state_dict())
         self.ema.requires_grad_(False)
         self.opt = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -275,6 +275,9 @@ class Trainer:
             load_checkpoint(run / "denoiser.safetensors", self.denoiser, self.opt, self.ema,
                             self.state["denoiser"]["steps"])
         self.pool: Pool | None = None
+
+    def _new_denoiser(self) -> Any:
+        return new_denoiser(self.cfg.latent, self.cfg.transformer, camera=True, control_scale=self.cfg.control_scale)
 
     def _pool(self) -> Pool:
         if self.pool is None:
@@ -288,7 +291,8 @@ class Trainer:
 
     def _account(self, stage: str, seconds: float, clips: int) -> None:
         record = self.state[stage]
-        kind = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+        cuda = self.device.type == "cuda"
+        kind = torch.cuda.get_device_name(self.device) if cuda else f"cpu x{torch.get_num_threads()}"
         record["seconds"][kind] = record["seconds"].get(kind, 0.0) + seconds
         record["clips_seen"] += clips
         if self.pool is not None:
@@ -352,7 +356,8 @@ class Trainer:
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
         u = torch.rand(b, generator=self.generator).to(self.device)
         sigma = cfg.shift * u / (1.0 + (cfg.shift - 1.0) * u)  # the sampler's shifted schedule, densest near 1
-        sigma = torch.where(torch.rand(b, generator=self.generator).to(self.device) < 0.1, torch.ones_like(sigma), sigma)
+        pure = torch.rand(b, generator=self.generator).to(self.device) < 0.1  # the first step starts at pure noise
+        sigma = torch.where(pure, torch.ones_like(sigma), sigma)
         ctx = pool.context[idx]
         frame_ids = torch.arange(f, device=self.device)[None]
         is_context = frame_ids < ctx[:, None]  # [B, F]
@@ -429,7 +434,7 @@ class Trainer:
         ae = new_autoencoder(self.cfg.latent, self.cfg.decoder_channels)
         ae.load_state_dict({k: v.cpu() for k, v in self.ae.state_dict().items()})
         ae.register_to_config(scaling_factor=float(self.state["scaling_factor"]))
-        denoiser = new_denoiser(self.cfg.latent, self.cfg.transformer, camera=True, control_scale=self.cfg.control_scale)
+        denoiser = self._new_denoiser()
         denoiser.load_state_dict({k: v.cpu() for k, v in self.ema.state_dict().items()})
         record = {stage: {"steps": self.state[stage]["steps"], "clips_seen": self.state[stage]["clips_seen"],
                           "device_hours": {k: round(v / 3600, 3) for k, v in self.state[stage]["seconds"].items()}}
@@ -437,8 +442,9 @@ class Trainer:
         save_draft_pack(root, pack_id=BACKLOT_PACK_ID, latent=self.cfg.latent, draft=self.cfg.draft,
                         denoiser=denoiser.eval(), decoder=ae.eval(), text_tokens=self.cfg.text_tokens, camera=True,
                         control_scale=self.cfg.control_scale, trained=True,
-                        description="Trained by previz on procedurally rendered blockout scenes (tools/train_backlot.py):"
-                                    " follows the scene blockout and camera; looks like a lit grey-box previz.",
+                        description="Trained by previz on procedurally rendered blockout scenes "
+                                    "(tools/train_backlot.py): follows the scene blockout and camera; "
+                                    "looks like a lit grey-box previz.",
                         extra=record)
 
 
