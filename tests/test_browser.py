@@ -311,10 +311,10 @@ def test_scene_panel_shows_the_derived_scene_and_edits_restart_the_take(backlot_
     assert lit_fraction(page, "#control-depth") > 0.2
     frames_drawn_at_least(page, 5)
 
-    # Drag the blue sphere 3 m to the right: updates carry the whole scene, and the take restarts on it.
+    # Drag the blue sphere 2 m to the right (still in shot): updates carry the whole scene, and the take restarts on it.
     x0, z0 = blue["position"][0], blue["position"][2]
     sx, sy = map_point(page, x0, z0)
-    ex, _ = map_point(page, x0 + 3, z0)
+    ex, _ = map_point(page, x0 + 2, z0)
     before = len(page.sent)
     page.mouse.move(sx, sy)
     page.mouse.down()
@@ -324,7 +324,7 @@ def test_scene_panel_shows_the_derived_scene_and_edits_restart_the_take(backlot_
     drag_updates = [m for m in page.sent[before:] if m["type"] == "update"]
     assert all(set(m["recipe"]) == {"scene"} for m in drag_updates), drag_updates
     moved = drag_updates[-1]["recipe"]["scene"]["objects"][1]
-    assert abs(moved["position"][0] - (x0 + 3)) < 0.2 and moved["position"][2] == z0, moved
+    assert abs(moved["position"][0] - (x0 + 2)) < 0.2 and moved["position"][2] == z0, moved
     assert drag_updates[-1]["recipe"]["scene"]["objects"][0] == red  # the other object untouched
     restarted = take_started_for(page, drag_updates[-1]["id"])
     assert restarted["take_id"] > started["take_id"]
