@@ -231,6 +231,27 @@ def test_page_offers_the_cli_choices_and_enforces_its_limits(page, live_server):
         assert page.input_value("#seed") == str(seed)
 
 
+def test_scene_edited_before_any_take_goes_with_generate(page):
+    # The untrained test pack has no control: the panel is there, the control preview is not.
+    assert page.is_visible("#scene-panel") and not page.is_visible("#control-wrap")
+    page.select_option("#add-shape", "cone")
+    page.select_option("#add-color", "orange")
+    page.click("#add-object")
+    page.select_option("#scene-ground", "snow")
+    assert not page.is_checked("#scene-follow")
+    assert not [m for m in page.sent if m["type"] == "update"]  # no take yet: nothing to update
+    page.fill("#prompt", "a lighthouse in a gale")
+    page.fill("#seconds", "1")
+    page.click("#generate")
+    wait_until(lambda: [m for m in page.sent if m["type"] == "generate"], "a generate")
+    generate = [m for m in page.sent if m["type"] == "generate"][0]
+    assert generate["recipe"]["scene"]["ground"] == "snow"
+    assert [(o["shape"], o["color"]) for o in generate["recipe"]["scene"]["objects"]] == [("cone", "orange")]
+    frames_drawn_at_least(page, 5)
+    assert len(page.query_selector_all("#scene-objects button")) == 1  # the edited scene, not the prompt's
+    assert not page.is_visible("#control-wrap")
+
+
 # ----------------------------------------------------------------------------- the scene panel (backlot pack)
 
 SCENE_PROMPT = "a red box left of a blue sphere on sand at dusk"
@@ -320,7 +341,9 @@ def test_scene_panel_shows_the_derived_scene_and_edits_restart_the_take(backlot_
     page.mouse.down()
     page.mouse.move(ex, sy, steps=12)
     page.mouse.up()
-    sent_after(page, before, "update")
+    # Letting go sends the final position (throttled updates may have gone before it).
+    wait_until(lambda: abs(sent_after(page, before, "update")["recipe"]["scene"]["objects"][1]["position"][0]
+                           - (x0 + 2)) < 0.2, "the dragged position sent")
     drag_updates = [m for m in page.sent[before:] if m["type"] == "update"]
     assert all(set(m["recipe"]) == {"scene"} for m in drag_updates), drag_updates
     moved = drag_updates[-1]["recipe"]["scene"]["objects"][1]
@@ -391,6 +414,7 @@ def test_scene_edits_that_the_server_refuses_show_and_the_page_goes_on(backlot_p
 
     # A zero width is refused by name; the playing take is left alone and the field is marked.
     page.click("#scene-objects button[data-index='1']")
+    assert page.get_attribute("#scene-objects button[data-index='1']", "aria-pressed") == "true"
     before = page.text_content("#status")
     page.fill("#obj-w", "0")
     page.press("#obj-w", "Tab")

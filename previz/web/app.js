@@ -519,12 +519,14 @@ function sceneInit(caps) {
   scene.caps = caps || null;
   $("scene-panel").hidden = !caps;
   if (!caps) return;  // a server without scenes: the panel stays away
+  const firstTime = $("add-color").options.length === 0;
   fillSelect($("scene-time"), caps.times_of_day);
   fillSelect($("scene-ground"), caps.grounds);
   fillSelect($("add-shape"), caps.shapes);
   fillSelect($("add-color"), Object.keys(caps.colors));
   fillSelect($("obj-color"), Object.keys(caps.colors));
-  $("add-color").value = Object.keys(caps.colors).includes("grey") ? "grey" : $("add-color").value;
+  // New objects are a blockout's grey unless the filmmaker picks otherwise (kept across reconnects).
+  if (firstTime && "grey" in caps.colors) $("add-color").value = "grey";
   $("control-wrap").hidden = true;  // until a take brings a control preview
   renderScene();
 }
@@ -558,6 +560,8 @@ function sceneFromTake(ev) {
   const used = ev.recipe && ev.recipe.scene;
   if (!used || scene.drag || scene.timer) return;
   if (typeof ev.re === "number" && ev.re < state.lastTakeRequest) return;
+  // A scene derived from a new prompt is a new set of objects: a selection in the old one means nothing.
+  if (sceneFollows() && toJSON(used.objects) !== toJSON(scene.model.objects)) scene.selected = -1;
   scene.model = clone(used);
   if (state.sent.scene !== undefined) state.sent.scene = clone(used);  // the server's spelling of our scene
   if (scene.selected >= scene.model.objects.length) scene.selected = -1;
@@ -618,8 +622,9 @@ function flushScene() {
 // one replaces it, so send the shot as it stands (same seed) minus the scene; its take_started
 // brings the derived scene back into the panel.
 function onFollowChange() {
-  if (!sceneFollows()) {  // unticked by hand: the scene as shown is kept through prompt changes
-    sendUpdate([]);        // (sendUpdate adds the scene, so the server holds it from now on)
+  if (!sceneFollows()) {
+    // Unticked by hand: the scene as shown is kept through prompt changes. It is the scene the take
+    // already uses, so nothing restarts now; the next update or generate carries it.
     renderScene();
     return;
   }
@@ -802,7 +807,8 @@ function hitTest(px, py) {
   const [wx, wz] = toWorld(px, py);
   const slack = 6 / scene.view.scale;
   const objects = scene.model.objects;
-  const order = objects.map((o, i) => i).sort((a, b) => objects[b].position[1] - objects[a].position[1]);
+  // Topmost first: the highest base, then the one drawn last.
+  const order = objects.map((o, i) => i).sort((a, b) => objects[b].position[1] - objects[a].position[1] || b - a);
   for (const i of order) {
     const o = objects[i];
     if (!finite(...o.position, ...o.size)) continue;
@@ -902,6 +908,16 @@ function renderScene() {
 
 function renderObjectList() {
   const list = $("scene-objects");
+  // Rebuild only when the objects changed: a button replaced between press and release loses the
+  // click, and take_started (or a redraw) can come at any moment.
+  const key = toJSON(scene.model.objects);
+  if (list.dataset.key === key) {
+    for (const button of list.querySelectorAll("button")) {
+      button.setAttribute("aria-pressed", String(Number(button.dataset.index) === scene.selected));
+    }
+    return;
+  }
+  list.dataset.key = key;
   list.replaceChildren();
   scene.model.objects.forEach((o, i) => {
     const li = document.createElement("li");
