@@ -43,6 +43,7 @@ const state = {
   selectedId: null,
   drafts: new Map(),     // id -> draft dict, for the strip and the review panel
   sent: {},              // the recipe fields last sent, so update carries only what changed
+  lastTakeRequest: 0,    // id of the last generate/update sent: older takes' scenes are stale
 };
 
 // ------------------------------------------------------------------ player
@@ -205,6 +206,7 @@ function send(type, fields = {}) {
     return null;
   }
   const id = state.nextId++;
+  if (type === "generate" || type === "update") state.lastTakeRequest = id;
   state.ws.send(toJSON({type, id, ...fields}));
   return id;
 }
@@ -272,6 +274,7 @@ function onReady(ev) {
   }
   const maxChars = caps.limits && caps.limits.max_prompt_chars;
   if (maxChars) $("prompt").maxLength = maxChars;
+  sceneInit(caps.scene);
   setStatus("ready");
   requestDrafts();
 }
@@ -283,6 +286,7 @@ function onTakeStarted(ev) {
   // The resolved seed, for reproducing it; one past 2**53 came from this box and is shown exactly there.
   if (Number.isSafeInteger(r.seed)) $("seed").value = String(r.seed);
   $("take-info").textContent = `#${ev.take_id} · ${ev.frames} frames`;
+  sceneFromTake(ev);
   $("gen-fps").textContent = $("rtf").textContent = $("ttff").textContent = "…";
   setStatus(`take ${ev.take_id}: generating ${ev.frames} frames`);
 }
@@ -320,6 +324,7 @@ function onTakeCancelled(ev) {
 function onError(ev) {
   const where = ev.field ? ` (${ev.field})` : "";
   setStatus(`${ev.code}: ${ev.message}${where}`, true);
+  sceneError(ev);
   // An error naming a take is that take failing while it generated; any other error (a refused
   // recipe, a bad draft id) leaves the current take alone.
   if (ev.take_id !== undefined && ev.take_id === state.takeId) state.generating = false;
@@ -369,12 +374,15 @@ function readSeed() {
 // The full recipe as the controls show it. Seconds are not clamped here: the server is the
 // authority on limits, and its error names the problem better than a silently changed value.
 function currentRecipe() {
-  return {
+  const recipe = {
     prompt: $("prompt").value.trim(),
     seed: readSeed(),
     seconds: Number($("seconds").value),
     camera: cameraSpec(),
   };
+  // No scene while it follows the prompt: the server then derives it (and says which in take_started).
+  if (scene.caps && !sceneFollows()) recipe.scene = clone(scene.model);
+  return recipe;
 }
 
 function generate() {
@@ -388,6 +396,8 @@ function generate() {
     $("prompt").focus();
     return;
   }
+  clearTimeout(scene.timer);  // a pending scene edit goes with this generate
+  scene.timer = null;
   state.sent = recipe;
   send("generate", {recipe});
 }
@@ -401,7 +411,8 @@ function sendUpdate(keys) {
   if (!takeLive()) return false;
   const recipe = currentRecipe();
   const changed = {};
-  for (const key of keys) {
+  // An edited scene goes with any update the server has not seen it in, so a prompt change keeps it.
+  for (const key of [...keys, "scene"]) {
     if (toJSON(recipe[key]) !== toJSON(state.sent[key])) changed[key] = recipe[key];
   }
   if (changed.prompt === "") delete changed.prompt;  // an empty prompt is a mid-edit state, not a request
@@ -449,6 +460,8 @@ function bindControls() {
     }
   });
 
+  bindScene();
+
   $("token-send").addEventListener("click", () =>
     send("hello", {version: 1, token: $("token").value}));
   showSpeed();
@@ -456,6 +469,544 @@ function bindControls() {
 
 function showSpeed() {
   $("speed-value").textContent = `${Number($("speed").value)}×`;
+}
+
+// ------------------------------------------------------------------ scene blockout
+
+// The scene is the take's grey-box blockout (docs/protocol.md, previz/scene.py): a time of day, a
+// ground and up to 16 primitive objects, in metres, +Y up. The camera starts at (0, 1.6, 0) looking
+// down -Z, so a shot's objects stand at negative z. The panel shows the scene the server actually
+// used (take_started.recipe.scene): the one it derived from the prompt, or the one edited here.
+//
+// Two modes, chosen by the "scene follows prompt" box:
+// - follows (the default): the page sends no scene, so the server derives one from each prompt;
+// - edited: any edit here unticks the box, and from then on the page sends its whole scene with
+//   every take, so a prompt change keeps the edited layout. The server keeps a scene once sent
+//   (update merges recipe fields, and a null scene is refused), so ticking the box again goes back
+//   to a derived scene with a fresh generate that carries no scene.
+
+const SCENE_SEND_MS = 150;      // while dragging: at most one update per 150 ms, each restarts the take
+const NUDGE_M = 0.25;           // arrow keys move the selected object this far (Shift: 1 m)
+const SNAP_M = 0.05;            // positions are kept to 5 cm: finer means nothing in a blockout
+// The default camera's horizontal field of view: a 35 mm lens on a 36 mm wide sensor (docs/camera.md).
+const HALF_FOV = Math.atan(18 / 35);
+// Each shape's size when added here, as the prompt parser sizes a bare noun (previz/scene.py
+// DEFAULT_SIZES); ready does not carry them, and any other shape starts as a 1 m cube.
+const DEFAULT_SIZES = {
+  box: [1, 1, 1], sphere: [1, 1, 1], cylinder: [0.8, 1.2, 0.8], pillar: [0.5, 3, 0.5],
+  cone: [0.8, 1.2, 0.8], wall: [4, 2, 0.3],
+};
+const ROUND_SHAPES = new Set(["sphere", "cylinder", "cone"]);  // footprint an ellipse, not a rectangle
+// Map background per ground, dimmed so the objects' own colours stand out.
+const GROUND_TINT = {
+  grass: "#26351f", sand: "#4a4130", asphalt: "#222326", snow: "#5a5f66", dirt: "#3a2c20", concrete: "#3a3a38",
+};
+
+const scene = {
+  caps: null,            // ready.capabilities.scene: shapes, colors, grounds, times_of_day, max_objects, control
+  model: {time_of_day: "day", ground: "grass", objects: []},
+  selected: -1,          // index into model.objects, -1 for none
+  drag: null,            // {index, dx, dz, moved, pointerId} while an object is held
+  timer: null,           // a pending (throttled) scene update
+  view: {cx: 220, cy: 280, scale: 16},  // canvas pixel of world (0, 0) and pixels per metre
+  invalidField: null,    // the scene field the server last refused, shown on its input
+};
+
+const clone = (value) => JSON.parse(JSON.stringify(value));
+const sceneFollows = () => $("scene-follow").checked;
+
+function sceneInit(caps) {
+  scene.caps = caps || null;
+  $("scene-panel").hidden = !caps;
+  if (!caps) return;  // a server without scenes: the panel stays away
+  const firstTime = $("add-color").options.length === 0;
+  fillSelect($("scene-time"), caps.times_of_day);
+  fillSelect($("scene-ground"), caps.grounds);
+  fillSelect($("add-shape"), caps.shapes);
+  fillSelect($("add-color"), Object.keys(caps.colors));
+  fillSelect($("obj-color"), Object.keys(caps.colors));
+  // New objects are a blockout's grey unless the filmmaker picks otherwise (kept across reconnects).
+  if (firstTime && "grey" in caps.colors) $("add-color").value = "grey";
+  $("control-wrap").hidden = true;  // until a take brings a control preview
+  renderScene();
+}
+
+function fillSelect(select, names) {
+  const current = select.value;
+  select.replaceChildren();
+  for (const name of names || []) {
+    const opt = document.createElement("option");
+    opt.value = opt.textContent = name;
+    select.append(opt);
+  }
+  if (names && names.includes(current)) select.value = current;
+}
+
+function colorHex(color) {
+  if (typeof color === "string" && /^#[0-9a-f]{6}$/i.test(color)) return color.toLowerCase();
+  return (scene.caps && scene.caps.colors[color]) || "#808080";
+}
+
+const finite = (...xs) => xs.every((x) => typeof x === "number" && Number.isFinite(x));
+
+// ---- the server's scene
+
+// take_started carries the scene the take uses. Show it, unless that would fight the user: while
+// they drag or an edit waits to be sent their own scene is newer, and a take started by an older
+// request than the last one we sent is about to be superseded (its `re` says which request it answers).
+function sceneFromTake(ev) {
+  if (!scene.caps) return;
+  if (ev.control_preview !== undefined) showControlPreview(ev.control_preview, ev.take_id);
+  const used = ev.recipe && ev.recipe.scene;
+  if (!used || scene.drag || scene.timer) return;
+  if (typeof ev.re === "number" && ev.re < state.lastTakeRequest) return;
+  // A scene derived from a new prompt is a new set of objects: a selection in the old one means nothing.
+  if (sceneFollows() && toJSON(used.objects) !== toJSON(scene.model.objects)) scene.selected = -1;
+  scene.model = clone(used);
+  if (state.sent.scene !== undefined) state.sent.scene = clone(used);  // the server's spelling of our scene
+  if (scene.selected >= scene.model.objects.length) scene.selected = -1;
+  markInvalid(null);  // the server accepted a scene: any earlier refusal is history
+  renderScene();
+}
+
+// An invalid_scene error names the field (scene.objects[2].size[0]): select that object and mark
+// the input, so the filmmaker sees what to fix. The take that was playing keeps playing.
+function sceneError(ev) {
+  if (ev.code !== "invalid_scene" || typeof ev.field !== "string") return;
+  const m = /^scene\.objects\[(\d+)\]\.(\w+)(?:\[(\d)\])?/.exec(ev.field);
+  if (m && Number(m[1]) < scene.model.objects.length) scene.selected = Number(m[1]);
+  markInvalid(ev.field);
+  renderScene();
+}
+
+function markInvalid(field) {
+  scene.invalidField = field;
+  for (const el of document.querySelectorAll("#scene-panel [aria-invalid]")) el.removeAttribute("aria-invalid");
+  if (!field) return;
+  const m = /^scene\.objects\[\d+\]\.(\w+)(?:\[(\d)\])?/.exec(field);
+  let el = null;
+  if (m && m[1] === "color") el = $("obj-color");
+  else if (m) el = document.querySelector(`#object-editor input[data-key="${m[1]}"]${m[2] ? `[data-axis="${m[2]}"]` : ""}`);
+  else if (field === "scene.ground") el = $("scene-ground");
+  else if (field === "scene.time_of_day") el = $("scene-time");
+  if (el) el.setAttribute("aria-invalid", "true");
+}
+
+// ---- editing and sending
+
+// Every edit goes through here: the panel redraws at once, and the server hears the whole scene
+// (now, or within SCENE_SEND_MS while a drag goes on, so a drag restarts the take every few frames
+// rather than on every pointer event).
+function sceneEdited({throttle = false} = {}) {
+  $("scene-follow").checked = false;  // an edited scene no longer follows the prompt
+  renderScene();
+  if (!throttle) { flushScene(); return; }
+  if (!scene.timer) scene.timer = setTimeout(flushScene, SCENE_SEND_MS);
+}
+
+function flushScene() {
+  clearTimeout(scene.timer);
+  scene.timer = null;
+  if (state.takeId === null) {
+    // No take on this connection yet (update needs one): Generate sends this scene.
+    setStatus("scene edited: Generate renders it");
+    return;
+  }
+  if (toJSON(scene.model) === toJSON(state.sent.scene)) return;
+  const edited = clone(scene.model);
+  state.sent.scene = edited;
+  send("update", {recipe: {scene: edited}});
+}
+
+// Ticking "scene follows prompt" again: the server holds the edited scene until a generate without
+// one replaces it, so send the shot as it stands (same seed) minus the scene; its take_started
+// brings the derived scene back into the panel.
+function onFollowChange() {
+  if (!sceneFollows()) {
+    // Unticked by hand: the scene as shown is kept through prompt changes. It is the scene the take
+    // already uses, so nothing restarts now; the next update or generate carries it.
+    renderScene();
+    return;
+  }
+  clearTimeout(scene.timer);
+  scene.timer = null;
+  if (state.takeId === null) {
+    scene.model = {time_of_day: "day", ground: "grass", objects: []};
+    scene.selected = -1;
+    renderScene();
+    setStatus("the scene will be derived from the prompt");
+    return;
+  }
+  const recipe = currentRecipe();  // no scene now that it follows the prompt
+  if (!recipe.prompt) { setStatus("type a prompt first", true); return; }
+  state.sent = recipe;
+  send("generate", {recipe});
+}
+
+function addObject() {
+  const objects = scene.model.objects;
+  if (objects.length >= scene.caps.max_objects) return;
+  const shape = $("add-shape").value;
+  const size = (DEFAULT_SIZES[shape] || [1, 1, 1]).slice();
+  // Six metres ahead, like the prompt parser's row, on the first spot along x that is free.
+  let x = 0;
+  for (const candidate of [0, 1.5, -1.5, 3, -3, 4.5, -4.5, 6, -6]) {
+    x = candidate;
+    if (objects.every((o) => Math.hypot(o.position[0] - x, o.position[2] + 6) > 1.2)) break;
+  }
+  objects.push({shape, color: $("add-color").value, position: [x, 0, -6], size, yaw: 0});
+  scene.selected = objects.length - 1;
+  sceneEdited();
+}
+
+function deleteSelected() {
+  if (scene.selected < 0) return;
+  scene.model.objects.splice(scene.selected, 1);
+  scene.selected = Math.min(scene.selected, scene.model.objects.length - 1);
+  sceneEdited();
+  $("scene-map").focus();
+}
+
+function selectObject(index) {
+  scene.selected = index;
+  renderScene();
+}
+
+// A numeric field of the selected object. Not clamped: the server checks the limits and its
+// invalid_scene error names the field better than a value silently changed here would.
+function onObjectInput(el) {
+  const obj = scene.model.objects[scene.selected];
+  if (!obj) return;
+  const value = el.value.trim() === "" ? NaN : Number(el.value);
+  if (el.dataset.key === "yaw") obj.yaw = value;
+  else obj[el.dataset.key][Number(el.dataset.axis)] = value;
+  sceneEdited();
+}
+
+// ---- the top-down map
+
+// World (x, z) to canvas pixels: x to the right, -z (away from the camera) up the canvas.
+const toCanvas = (x, z) => [scene.view.cx + x * scene.view.scale, scene.view.cy + z * scene.view.scale];
+const toWorld = (px, py) => [(px - scene.view.cx) / scene.view.scale, (py - scene.view.cy) / scene.view.scale];
+
+// Frame the camera and every object. Not while dragging: the map must not rescale under the pointer.
+function fitView(canvas) {
+  let [x0, x1, z0, z1] = [-6, 6, -10, 1];  // a default shot: 12 m across, 10 m deep, the camera near the bottom
+  for (const o of scene.model.objects) {
+    if (!finite(...o.position, ...o.size)) continue;
+    const r = Math.min(Math.hypot(o.size[0], o.size[2]) / 2, 60);
+    x0 = Math.min(x0, o.position[0] - r); x1 = Math.max(x1, o.position[0] + r);
+    z0 = Math.min(z0, o.position[2] - r); z1 = Math.max(z1, o.position[2] + r);
+  }
+  [x0, x1, z0, z1] = [Math.max(x0, -200), Math.min(x1, 200), Math.max(z0, -200), Math.min(z1, 200)];
+  const pad = 14;
+  const scale = Math.min((canvas.width - 2 * pad) / (x1 - x0), (canvas.height - 2 * pad) / (z1 - z0));
+  scene.view = {
+    scale,
+    cx: canvas.width / 2 - ((x0 + x1) / 2) * scale,
+    cy: canvas.height / 2 - ((z0 + z1) / 2) * scale,
+  };
+  // For tests and tools: where world (0, 0) is and how many pixels make a metre, in canvas pixels.
+  canvas.dataset.view = `${scene.view.cx} ${scene.view.cy} ${scene.view.scale}`;
+}
+
+// The footprint seen from above. Yaw turns counter-clockwise seen from above, as the renderer does:
+// the object's local x axis points along world (cos, -sin) in (x, z), which is up-right on the map.
+function footprintPath(ctx, o) {
+  const [px, py] = toCanvas(o.position[0], o.position[2]);
+  const k = scene.view.scale;
+  const yaw = (o.yaw || 0) * Math.PI / 180;
+  const c = Math.cos(yaw), s = Math.sin(yaw);
+  const hw = Math.max(o.size[0] * k / 2, 2), hd = Math.max(o.size[2] * k / 2, 2);
+  ctx.beginPath();
+  if (ROUND_SHAPES.has(o.shape)) {
+    ctx.ellipse(px, py, hw, hd, -yaw, 0, 2 * Math.PI);
+  } else {
+    for (const [lx, lz] of [[-hw, -hd], [hw, -hd], [hw, hd], [-hw, hd]]) {
+      ctx.lineTo(px + c * lx + s * lz, py - s * lx + c * lz);
+    }
+    ctx.closePath();
+  }
+}
+
+function drawMap() {
+  const canvas = $("scene-map");
+  const ctx = canvas.getContext("2d");
+  if (!scene.drag) fitView(canvas);
+  const {scale} = scene.view;
+  ctx.fillStyle = GROUND_TINT[scene.model.ground] || "#1b1d20";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+
+  // A 1 m grid (5 m when zoomed far out), the x = 0 axis a little brighter.
+  const step = scale >= 6 ? 1 : 5;
+  const [wx0, wz0] = toWorld(0, 0), [wx1, wz1] = toWorld(canvas.width, canvas.height);
+  ctx.lineWidth = 1;
+  for (let x = Math.ceil(wx0 / step) * step; x <= wx1; x += step) {
+    const [px] = toCanvas(x, 0);
+    ctx.strokeStyle = x === 0 ? "rgba(255,255,255,0.22)" : "rgba(255,255,255,0.07)";
+    ctx.beginPath(); ctx.moveTo(Math.round(px) + 0.5, 0); ctx.lineTo(Math.round(px) + 0.5, canvas.height); ctx.stroke();
+  }
+  for (let z = Math.ceil(wz0 / step) * step; z <= wz1; z += step) {
+    const [, py] = toCanvas(0, z);
+    ctx.strokeStyle = z === 0 ? "rgba(255,255,255,0.22)" : "rgba(255,255,255,0.07)";
+    ctx.beginPath(); ctx.moveTo(0, Math.round(py) + 0.5); ctx.lineTo(canvas.width, Math.round(py) + 0.5); ctx.stroke();
+  }
+
+  // The camera at its start, (0, 0), and the rough field of view it looks down (-z).
+  const [camX, camY] = toCanvas(0, 0);
+  const reach = Math.hypot(canvas.width, canvas.height);
+  ctx.fillStyle = "rgba(232,176,74,0.10)";
+  ctx.strokeStyle = "rgba(232,176,74,0.55)";
+  ctx.beginPath();
+  ctx.moveTo(camX, camY);
+  ctx.lineTo(camX - Math.sin(HALF_FOV) * reach, camY - Math.cos(HALF_FOV) * reach);
+  ctx.lineTo(camX + Math.sin(HALF_FOV) * reach, camY - Math.cos(HALF_FOV) * reach);
+  ctx.closePath();
+  ctx.fill();
+  ctx.stroke();
+  ctx.fillStyle = "#e8b04a";
+  ctx.fillRect(camX - 6, camY - 3, 12, 8);  // a camera body, lens towards -z
+  ctx.fillRect(camX - 3, camY - 7, 6, 4);
+
+  // Objects on the ground first, stacked ones (y > 0) over them, dashed so they read as "on top".
+  const order = scene.model.objects.map((o, i) => i).filter((i) => {
+    const o = scene.model.objects[i];
+    return finite(...o.position, ...o.size) && finite(o.yaw || 0);
+  });
+  order.sort((a, b) => scene.model.objects[a].position[1] - scene.model.objects[b].position[1]);
+  ctx.font = "bold 11px system-ui, sans-serif";
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  for (const i of order) {
+    const o = scene.model.objects[i];
+    footprintPath(ctx, o);
+    ctx.fillStyle = colorHex(o.color);
+    ctx.fill();
+    ctx.setLineDash(o.position[1] > 0 ? [4, 3] : []);
+    ctx.lineWidth = i === scene.selected ? 3 : 1;
+    ctx.strokeStyle = i === scene.selected ? "#e8b04a" : "rgba(0,0,0,0.7)";
+    ctx.stroke();
+    ctx.setLineDash([]);
+    const [px, py] = toCanvas(o.position[0], o.position[2]);
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = "rgba(0,0,0,0.8)";
+    ctx.strokeText(String(i + 1), px, py);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(String(i + 1), px, py);
+  }
+
+  ctx.textAlign = "left";
+  ctx.textBaseline = "top";
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "rgba(255,255,255,0.75)";
+  ctx.fillText(`${scene.model.time_of_day} · ${scene.model.ground}`, 6, 5);
+}
+
+// The topmost object under a canvas point, or -1. Tiny objects get a few pixels of slack.
+function hitTest(px, py) {
+  const [wx, wz] = toWorld(px, py);
+  const slack = 6 / scene.view.scale;
+  const objects = scene.model.objects;
+  // Topmost first: the highest base, then the one drawn last.
+  const order = objects.map((o, i) => i).sort((a, b) => objects[b].position[1] - objects[a].position[1] || b - a);
+  for (const i of order) {
+    const o = objects[i];
+    if (!finite(...o.position, ...o.size)) continue;
+    const yaw = (o.yaw || 0) * Math.PI / 180;
+    const rx = wx - o.position[0], rz = wz - o.position[2];
+    const lx = Math.cos(yaw) * rx - Math.sin(yaw) * rz;  // into the object's frame, as the renderer does
+    const lz = Math.sin(yaw) * rx + Math.cos(yaw) * rz;
+    const hw = o.size[0] / 2 + slack, hd = o.size[2] / 2 + slack;
+    const inside = ROUND_SHAPES.has(o.shape)
+      ? (lx / hw) ** 2 + (lz / hd) ** 2 <= 1
+      : Math.abs(lx) <= hw && Math.abs(lz) <= hd;
+    if (inside) return i;
+  }
+  return -1;
+}
+
+function canvasPoint(canvas, ev) {
+  const rect = canvas.getBoundingClientRect();  // the canvas is scaled by CSS; work in its own pixels
+  return [(ev.clientX - rect.left) * canvas.width / rect.width, (ev.clientY - rect.top) * canvas.height / rect.height];
+}
+
+const snap = (v) => Math.round(v / SNAP_M) * SNAP_M;
+const round2 = (v) => Math.round(v * 100) / 100;
+
+function bindMap() {
+  const canvas = $("scene-map");
+  canvas.addEventListener("pointerdown", (ev) => {
+    const [px, py] = canvasPoint(canvas, ev);
+    const hit = hitTest(px, py);
+    selectObject(hit);
+    if (hit < 0) return;
+    const o = scene.model.objects[hit];
+    const [wx, wz] = toWorld(px, py);
+    scene.drag = {index: hit, dx: o.position[0] - wx, dz: o.position[2] - wz, moved: false, pointerId: ev.pointerId};
+    canvas.setPointerCapture(ev.pointerId);
+    canvas.classList.add("dragging");
+    ev.preventDefault();
+    canvas.focus();
+  });
+  canvas.addEventListener("pointermove", (ev) => {
+    const drag = scene.drag;
+    if (!drag || ev.pointerId !== drag.pointerId) return;
+    const [wx, wz] = toWorld(...canvasPoint(canvas, ev));
+    const o = scene.model.objects[drag.index];
+    const x = round2(snap(wx + drag.dx)), z = round2(snap(wz + drag.dz));
+    if (x === o.position[0] && z === o.position[2]) return;
+    o.position[0] = x;
+    o.position[2] = z;
+    drag.moved = true;
+    sceneEdited({throttle: true});
+  });
+  const release = (ev) => {
+    const drag = scene.drag;
+    if (!drag || ev.pointerId !== drag.pointerId) return;
+    scene.drag = null;
+    canvas.classList.remove("dragging");
+    if (drag.moved) flushScene();  // the final position goes now, not after the throttle
+    renderScene();                  // the view may refit now that nothing is held
+  };
+  canvas.addEventListener("pointerup", release);
+  canvas.addEventListener("pointercancel", release);
+
+  canvas.addEventListener("keydown", (ev) => {
+    const o = scene.model.objects[scene.selected];
+    if (!o) return;
+    const step = ev.shiftKey ? 1 : NUDGE_M;
+    const moves = {ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step]};
+    if (moves[ev.key]) {
+      o.position[0] = round2(o.position[0] + moves[ev.key][0]);
+      o.position[2] = round2(o.position[2] + moves[ev.key][1]);
+      sceneEdited({throttle: true});  // held arrow keys repeat like a drag
+    } else if (ev.key === "Delete" || ev.key === "Backspace") {
+      deleteSelected();
+    } else {
+      return;
+    }
+    ev.preventDefault();
+  });
+}
+
+// ---- the panel around the map
+
+function renderScene() {
+  if (!scene.caps) return;
+  const model = scene.model;
+  $("scene-time").value = model.time_of_day;
+  $("scene-ground").value = model.ground;
+  const n = model.objects.length;
+  $("scene-summary").textContent = `${n} object${n === 1 ? "" : "s"} · `
+    + (sceneFollows() ? "derived from the prompt" : "edited here");
+  $("add-object").disabled = n >= scene.caps.max_objects;
+  $("add-object").title = n >= scene.caps.max_objects ? `at most ${scene.caps.max_objects} objects` : "";
+  drawMap();
+  renderObjectList();
+  renderEditor();
+}
+
+function renderObjectList() {
+  const list = $("scene-objects");
+  // Rebuild only when the objects changed: a button replaced between press and release loses the
+  // click, and take_started (or a redraw) can come at any moment.
+  const key = toJSON(scene.model.objects);
+  if (list.dataset.key === key) {
+    for (const button of list.querySelectorAll("button")) {
+      button.setAttribute("aria-pressed", String(Number(button.dataset.index) === scene.selected));
+    }
+    return;
+  }
+  list.dataset.key = key;
+  list.replaceChildren();
+  scene.model.objects.forEach((o, i) => {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.index = String(i);
+    button.setAttribute("aria-pressed", String(i === scene.selected));
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = colorHex(o.color);  // CSSOM, which the CSP allows
+    const text = document.createElement("span");
+    const [x, y, z] = o.position.map((v) => (finite(v) ? round2(v) : "?"));
+    text.textContent = `${i + 1} · ${o.color} ${o.shape} · x ${x} z ${z}${y ? ` (y ${y})` : ""}`;
+    button.append(swatch, text);
+    button.addEventListener("click", () => selectObject(i));
+    li.append(button);
+    list.append(li);
+  });
+}
+
+function renderEditor() {
+  const o = scene.model.objects[scene.selected];
+  $("object-editor").disabled = !o;
+  $("object-title").textContent = o ? `object ${scene.selected + 1}: ${o.shape}` : "no object selected";
+  if (!o) return;
+  // Leave the field being typed in alone: a take_started or a redraw must not overwrite it.
+  const put = (el, value) => { if (el !== document.activeElement) el.value = value; };
+  const show = (v) => (finite(v) ? String(round2(v)) : "");
+  for (const el of document.querySelectorAll("#object-editor input[type=number]")) {
+    put(el, show(el.dataset.key === "yaw" ? (o.yaw || 0) : o[el.dataset.key][Number(el.dataset.axis)]));
+  }
+  const select = $("obj-color");
+  for (const opt of select.querySelectorAll("option.custom")) opt.remove();
+  if (!(o.color in scene.caps.colors)) {  // a #rrggbb colour outside the palette gets its own entry
+    const opt = document.createElement("option");
+    opt.className = "custom";
+    opt.value = opt.textContent = o.color;
+    select.append(opt);
+  }
+  put(select, o.color);
+  put($("obj-color-custom"), colorHex(o.color));
+  markInvalid(scene.invalidField);
+}
+
+function bindScene() {
+  bindMap();
+  $("scene-follow").addEventListener("change", onFollowChange);
+  $("scene-time").addEventListener("change", () => { scene.model.time_of_day = $("scene-time").value; sceneEdited(); });
+  $("scene-ground").addEventListener("change", () => { scene.model.ground = $("scene-ground").value; sceneEdited(); });
+  $("add-object").addEventListener("click", addObject);
+  $("obj-delete").addEventListener("click", deleteSelected);
+  $("obj-color").addEventListener("change", () => {
+    const o = scene.model.objects[scene.selected];
+    if (o) { o.color = $("obj-color").value; sceneEdited(); }
+  });
+  $("obj-color-custom").addEventListener("change", () => {
+    const o = scene.model.objects[scene.selected];
+    if (o) { o.color = $("obj-color-custom").value; sceneEdited(); }
+  });
+  for (const el of document.querySelectorAll("#object-editor input[type=number]")) {
+    el.addEventListener("change", () => onObjectInput(el));
+  }
+}
+
+// ---- the control preview
+
+// take_started.control_preview: the first frame of the blockout control the model follows, as raw
+// RGB bytes (the CSP allows no data: images), drawn with putImageData. Null for packs without control.
+function showControlPreview(preview, takeId) {
+  $("control-wrap").hidden = !preview;
+  if (!preview) return;
+  drawRGB($("control-albedo"), preview.width, preview.height, preview.albedo);
+  drawRGB($("control-depth"), preview.width, preview.height, preview.depth);
+  $("control-albedo").dataset.takeId = $("control-depth").dataset.takeId = String(takeId);
+}
+
+function drawRGB(canvas, width, height, base64) {
+  const raw = atob(base64 || "");
+  if (raw.length !== width * height * 3) return;  // malformed: keep the last good picture
+  canvas.width = width;
+  canvas.height = height;
+  const image = new ImageData(width, height);
+  for (let i = 0, j = 0; i < raw.length; i += 3, j += 4) {
+    image.data[j] = raw.charCodeAt(i);
+    image.data[j + 1] = raw.charCodeAt(i + 1);
+    image.data[j + 2] = raw.charCodeAt(i + 2);
+    image.data[j + 3] = 255;
+  }
+  canvas.getContext("2d").putImageData(image, 0, 0);
 }
 
 // ------------------------------------------------------------------ drafts
