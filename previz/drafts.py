@@ -20,12 +20,10 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 import secrets
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from previz.atomic import atomic_copy, fsync_dir
 from previz.errors import DraftError, InvalidTransitionError, OutputError, UnknownDraftError
 from previz.packs import previz_home
 
@@ -111,14 +110,6 @@ def _json(field: str, value: Any) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise DraftError(f"{field} is not JSON-safe: {exc}", field=field, value=None) from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -333,7 +324,7 @@ class DraftStore:
         # cost over a second, and `previz drafts list` or a page of drafts needs none of them.
         import safetensors.numpy
 
-        from engines.cache import atomic_write
+        from previz.atomic import atomic_write
         from previz.video import write_mp4
 
         if isinstance(fps, bool) or not isinstance(fps, int) or fps <= 0:
@@ -357,7 +348,7 @@ class DraftStore:
             blob = safetensors.numpy.save({"latents": np.ascontiguousarray(latents)},
                                           metadata={"draft_id": draft_id, "latent_space": latent_space})
             atomic_write(directory / LATENTS, blob)
-            _fsync_dir(self.files)  # the directory entry itself, before a row can name it
+            fsync_dir(self.files)  # the directory entry itself, before a row can name it
             with self._write() as db:
                 created = time.time()  # taken under the lock, so created order is insert order
                 db.execute(
@@ -488,27 +479,7 @@ class DraftStore:
         source = self.file_path(draft_id, TAKE)
         dest = Path(dest)
         target = check_output_path(dest / f"{draft_id}.mp4" if dest.is_dir() else dest)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".mp4")
-        except OSError as exc:
-            raise OutputError(f"cannot write {target}: {exc.strerror}", field="output", value=str(target)) from None
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an exported take is an ordinary file
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
-        except OSError as exc:
-            raise OutputError(f"cannot write {target}: {exc.strerror}", field="output", value=str(target)) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        atomic_copy(source, target)  # an OSError (full disk, read-only) becomes an OutputError
         return target
 
     # ------------------------------------------------------------------ lifecycle

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from previz.atomic import atomic_dir, file_lock
 from previz.errors import PackError, UnknownPackError
 from previz.packs import (
     MANIFEST_NAME,
@@ -70,34 +66,18 @@ def build_draft_pack(
     final_root = Path(root)
     if final_root.exists() and any(final_root.iterdir()) and not (final_root / MANIFEST_NAME).is_file():
         raise PackError(f"refusing to build a pack into {final_root}: it holds files and is not a pack")
-    final_root.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename into place, so a half-built pack is never visible.
-    root = Path(tempfile.mkdtemp(dir=final_root.parent, prefix=f".{final_root.name}.building-"))
-    try:
+    # Built beside the target and renamed into place (previz.atomic), so a half-built pack is never
+    # visible; the install lock keeps two builders in one directory from interleaving.
+    with install_lock(final_root), atomic_dir(final_root) as root:
         pack = _build(root, pack_id=pack_id, latent=latent, draft=draft, transformer=transformer,
                       decoder_channels=decoder_channels, text_tokens=text_tokens, camera=camera, seed=seed,
                       trained=trained, description=description)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(root, 0o777 & ~umask)  # mkdtemp makes 0700; a pack is an ordinary directory
-        with _locked(final_root):
-            if final_root.exists():
-                shutil.rmtree(final_root)
-            os.replace(root, final_root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     return dataclasses.replace(pack, root=final_root)
 
 
-@contextlib.contextmanager
-def _locked(root: Path, purpose: str = "install") -> Iterator[None]:
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.{purpose}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def install_lock(root: Path, purpose: str = "install") -> contextlib.AbstractContextManager[bool]:
+    """The lock that serialises building (or first-use checking) of the pack at ``root``."""
+    return file_lock(root.parent / f".{root.name}.{purpose}.lock")
 
 
 def _build(root: Path, *, pack_id: str, latent: LatentLayout, draft: DraftDefaults, transformer: dict[str, Any],
@@ -186,7 +166,7 @@ def build_tiny_pack(root: Path, seed: int = 0) -> Pack:
 
 def ensure_tiny_pack(target: Path, say: Any = print) -> Pack:
     """The embedded pack at ``target``, built once even when several processes start together."""
-    with _locked(target, "ensure"):  # a second process waits here, then finds the pack built
+    with install_lock(target, "ensure"):  # a second process waits here, then finds the pack built
         try:
             return load_pack(str(target))
         except UnknownPackError:
