@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import struct
+import subprocess
 from pathlib import Path
 
 import av
