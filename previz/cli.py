@@ -1,4 +1,4 @@
-"""`previz draft | models | export | build-engine`.
+"""`previz draft | serve | drafts | jobs | camera | models | export | build-engine`.
 
 Every user error is a :class:`PrevizError`: printed as one line, exit status 2,
 no traceback.  Anything else is a bug and keeps its traceback.
@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from previz.camera import CameraError
 from previz.drafts_cli import add_drafts_parser
 from previz.errors import PrevizError, UnknownPackError
+from previz.jobs_cli import add_jobs_parser
 from previz.recipe import DEFAULT_PACK, Recipe
 
 EXIT_USER_ERROR = 2
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     add_drafts_parser(sub)
+    add_jobs_parser(sub)
 
     c = sub.add_parser("camera", help="write a camera path as .chan (Nuke/Blender) or .json")
     c.add_argument("camera", nargs="?", metavar="PRESET[:SPEED]", help="a preset (default static)")

@@ -26,7 +26,7 @@ from previz.drafts import (
     DraftStore,
     default_store_root,
 )
-from previz.drafts_cli import FINAL_STAGE_NOTE, add_drafts_parser
+from previz.drafts_cli import add_drafts_parser
 from previz.errors import DraftError, InvalidTransitionError, OutputError, PrevizError, UnknownDraftError
 from previz.video import read_recipe
 
@@ -501,8 +501,8 @@ def test_cli_review_promote_show_export(cli_store, capsys, tmp_path):
     assert run_cli(["drafts", "promote", second.id, "--format", "h265", *store_args]) == 0
     out = capsys.readouterr().out
     assert "queued" in out and "format h265" in out
-    assert FINAL_STAGE_NOTE in out
-    assert FINAL_STAGE_NOTE == "The final stage that renders queued jobs does not exist yet, so this job stays queued."
+    job_id = shown_job_id = out.split("final-render job ")[1].split()[0]
+    assert f"previz jobs run {job_id}" in out and shown_job_id.startswith("j")
 
     assert run_cli(["drafts", "show", second.id, *store_args]) == 0
     shown = json.loads(capsys.readouterr().out)

@@ -1,0 +1,312 @@
+"""Resumable final-render jobs: refine, decode, VSR and encode as units that survive a crash.
+
+A job is a row in the draft store plus unit rows.  Each unit's file is written
+atomically (``previz.atomic``) *before* its row, so a row always names a whole
+file:
+
+- ``refine`` unit *i*: the latents after refine step *i* (unit 0 is the
+  renoised handoff).  The sampler's whole state between steps is ``x`` and the
+  step index, so a restarted job loads the last checkpoint and carries on.
+- ``deliver`` unit *j*: segment *j* of the delivery (a self-contained movie
+  segment, or that segment's image files).  The VAE decode and the VSR stream
+  frames into the segment being encoded; on restart the causal decoder is
+  replayed over the finished segments' latent frames (decode is cheap next to
+  refine) but nothing finished is upscaled or encoded again.
+
+Everything is deterministic on CPU (seeded noise, fixed plan, fixed encoder
+settings), so a job killed at any point and resumed writes a file that is
+byte-identical to an uninterrupted run's.
+
+States: queued -> running -> done | failed | cancelled.  A process that runs a
+job holds its ``flock`` (released by the kernel if the process dies), so
+``previz jobs resume`` can tell a dead run from a live one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from previz.atomic import atomic_write, file_lock
+from previz.drafts import TAKE, Draft, DraftStore, Job
+from previz.errors import JobError, PrevizError
+from upscale.encode import (
+    DEFAULT_TIMECODE,
+    DeliveryMeta,
+    check_delivery_target,
+    delivery_format,
+    delivery_size,
+    encode_image,
+    encode_segment,
+    frame_name,
+    join_frames,
+    join_segments,
+    timecode_frame,
+)
+from upscale.final_pack import FINAL_PACK_ID, open_final_pack
+from upscale.refine import FinalModel, RefinePlan, handoff_kind
+from upscale.vsr import TiledVSR, upscaler_for
+
+DEFAULT_STRENGTH = 0.6
+SEGMENT_FRAMES = 8
+# Fault injection for the crash tests: sleep this long after every progress event, so a
+# test can SIGKILL the process at a chosen point.  Never set in normal use.
+UNIT_DELAY_ENV = "PREVIZ_JOB_UNIT_DELAY_S"
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    stage: str  # refine | vsr | encode | join
+    unit: int  # finished units of this stage
+    units: int
+    eta_s: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "unit": self.unit, "units": self.units, "eta_s": self.eta_s}
+
+
+class JobCancelled(JobError):
+    code = "job_cancelled"
+
+
+def default_output_dir(store: DraftStore) -> Path:
+    return store.root / "finals"
+
+
+def output_target(store: DraftStore, job: Job) -> Path:
+    """Where a job's delivery lands: ``<output_dir>/<draft>_<job><ext>`` (a directory for sequences)."""
+    fmt = delivery_format(job.options.get("format", "prores"))
+    directory = Path(job.options.get("output_dir") or default_output_dir(store))
+    name = f"{job.draft_id}_{job.id}"
+    return directory / (name if fmt.sequence else name + fmt.ext)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, h = text.split("x")
+    return int(w), int(h)
+
+
+class JobRunner:
+    """Runs one job at a time in this process (the local executor: one worker per device)."""
+
+    def __init__(self, store: DraftStore, *, device: str = "cpu",
+                 on_progress: Callable[[Progress], None] | None = None,
+                 say: Callable[[str], None] = lambda _msg: None) -> None:
+        self.store, self.device, self.on_progress, self.say = store, device, on_progress, say
+        self._delay = float(os.environ.get(UNIT_DELAY_ENV, "0") or 0)
+        self._models: dict[str, FinalModel] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self, job_id: str, *, resume: bool = False) -> Job:
+        """Run a queued job (or resume a dead or failed one) to done; returns the finished row."""
+        job = self.store.job(job_id)
+        if not resume and job.state != "queued":
+            hint = " (use `previz jobs resume`)" if job.state in ("running", "failed") else ""
+            raise JobError(f"job {job_id} is {job.state}, not queued{hint}", field="state", value=job.state)
+        if resume and job.state not in ("running", "failed"):
+            raise JobError(f"job {job_id} is {job.state}: only a running (interrupted) or failed job resumes",
+                           field="state", value=job.state)
+        work = self.store.job_dir(job_id)
+        with file_lock(work.parent / f"{job_id}.lock", blocking=False) as held:
+            if not held:
+                raise JobError(f"job {job_id} is running in another process", field="state", value=job.state)
+            self.store.set_job_state(job_id, "running", allowed_from=("running", "failed") if resume else ("queued",))
+            try:
+                output = self._render(self.store.job(job_id), work)
+            except JobCancelled:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+            except PrevizError as exc:
+                self._fail(job_id, exc.message)
+                raise
+            except BaseException as exc:  # a bug or a kill signal: record it, keep the traceback
+                self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}"[:500])
+                raise
+            done = self.store.set_job_state(job_id, "done", output=str(output))
+            shutil.rmtree(work, ignore_errors=True)  # the units are in the delivery now
+            return done
+
+    def _fail(self, job_id: str, message: str) -> None:
+        try:
+            self.store.set_job_state(job_id, "failed", error=message)
+        except PrevizError:
+            pass  # cancelled meanwhile: that state stands
+
+    def _check_cancelled(self, job_id: str) -> None:
+        if self.store.job(job_id).state == "cancelled":
+            raise JobCancelled(f"job {job_id} was cancelled", field="state", value="cancelled")
+
+    def _progress(self, job_id: str, stage: str, unit: int, units: int, started: float, first: int) -> None:
+        done_here = unit - first
+        eta = (time.monotonic() - started) / done_here * (units - unit) if done_here > 0 else None
+        event = Progress(job_id, stage, unit, units, None if eta is None else round(eta, 1))
+        self.store.set_job_progress(job_id, event.to_dict())
+        if self.on_progress is not None:
+            self.on_progress(event)
+        if self._delay:
+            time.sleep(self._delay)
+
+    # ------------------------------------------------------------------ the render
+
+    def _model(self, pack_ref: str) -> FinalModel:
+        if pack_ref not in self._models:
+            self._models[pack_ref] = FinalModel(open_final_pack(pack_ref, self.say), device=self.device)
+        return self._models[pack_ref]
+
+    def _render(self, job: Job, work: Path) -> Path:
+        draft = self.store.get(job.draft_id)
+        options = job.options
+        fmt = delivery_format(options.get("format", "prores"))
+        target = check_delivery_target(output_target(self.store, job))  # before any work: fail fast
+        model = self._model(options.get("pack", FINAL_PACK_ID))
+        pack = model.pack
+        assert pack.final is not None
+        width, height = parse_size(options["size"]) if "size" in options else (pack.final.width, pack.final.height)
+        draft_space = (draft.meta.get("pack") or {}).get("latent_space")
+        plan = model.plan(draft.recipe, frames=draft.frames, fps=draft.fps, width=width, height=height,
+                          strength=float(options.get("strength", DEFAULT_STRENGTH)),
+                          handoff=handoff_kind(draft_space, pack))
+        work.mkdir(parents=True, exist_ok=True)
+        self._pin_plan(work, job, plan, pack.fingerprint())
+
+        latents = self._refine(job, draft, model, plan, work)
+        resolution = delivery_size(options.get("resolution", "uhd"))
+        vsr = TiledVSR(upscaler_for("lanczos"), (plan.width, plan.height), resolution)
+        meta = DeliveryMeta(
+            draft_id=draft.id, job_id=job.id, recipe=draft.recipe, fps=plan.fps,
+            timecode=options.get("timecode", DEFAULT_TIMECODE),
+            extra={
+                "packs": {"draft": draft.meta.get("pack") or {}, "final": pack.recipe_stamp()},
+                "upscaler": {"name": vsr.upscaler.name, "label": vsr.upscaler.label,
+                             "trained": vsr.upscaler.trained},
+                "plan": plan.to_dict(),
+                "options": {k: v for k, v in options.items() if k != "output_dir"},
+            },
+        )
+        return self._deliver(job, model, plan, latents, vsr, fmt, meta, work, target)
+
+    def _pin_plan(self, work: Path, job: Job, plan: RefinePlan, fingerprint: str) -> None:
+        """The plan a job started with; a resume against a different pack or plan would mix two renders."""
+        record = {"plan": plan.to_dict(), "pack": fingerprint, "options": job.options}
+        path = work / "plan.json"
+        if path.is_file():
+            if json.loads(path.read_text()) != json.loads(json.dumps(record)):
+                raise JobError(f"job {job.id}: its final pack or plan changed since it started; it cannot resume "
+                               "into the same file (cancel it and promote the draft again)", field="job_id",
+                               value=job.id)
+        else:
+            atomic_write(path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode())
+
+    # ------------------------------------------------------------------ refine units
+
+    def _refine(self, job: Job, draft: Draft, model: FinalModel, plan: RefinePlan, work: Path) -> np.ndarray:
+        import safetensors.numpy
+
+        done = self.store.units(job.id, "refine")
+        last = max((i for i, f in done.items() if (work / f).is_file()), default=None)
+        if last is not None:
+            x = safetensors.numpy.load_file(str(work / done[last]))["x"]
+            self.say(f"job {job.id}: resuming refine after step {last} of {plan.units}")
+        else:
+            if plan.handoff == "latent":
+                x = model.start_from_latents(plan, self.store.load_latents(draft.id))
+            else:
+                x = model.start_from_frames(plan, list(read_take(self.store.file_path(draft.id, TAKE))))
+            self._checkpoint(job.id, work, 0, x)
+            last = 0
+        step = model.model(draft.recipe, plan)
+        started = time.monotonic()
+        from previz.sampler import euler_step
+
+        for i in range(last, plan.units):
+            self._check_cancelled(job.id)
+            sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
+            x = euler_step(step, x, sigma, sigma_next, np.array([1000.0 * sigma], np.float32))
+            self._checkpoint(job.id, work, i + 1, x)
+            self._progress(job.id, "refine", i + 1, plan.units, started, last)
+        return x
+
+    def _checkpoint(self, job_id: str, work: Path, index: int, x: np.ndarray) -> None:
+        import safetensors.numpy
+
+        name = f"refine/step{index:04d}.safetensors"
+        atomic_write(work / name, safetensors.numpy.save({"x": np.ascontiguousarray(x, np.float32)}))
+        self.store.add_unit(job_id, "refine", index, name)  # the row only after the file is whole
+
+    # ------------------------------------------------------------------ delivery units
+
+    def _deliver(self, job: Job, model: FinalModel, plan: RefinePlan, latents: np.ndarray, vsr: TiledVSR,
+                 fmt: Any, meta: DeliveryMeta, work: Path, target: Path) -> Path:
+        size = vsr.dst
+        segments = [(s, min(SEGMENT_FRAMES, plan.frames - s)) for s in range(0, plan.frames, SEGMENT_FRAMES)]
+        done = {i for i, f in self.store.units(job.id, "deliver").items() if (work / f).exists()}
+        first_todo = next((i for i in range(len(segments)) if i not in done), len(segments))
+        if done:
+            self.say(f"job {job.id}: resuming delivery at segment {first_todo} of {len(segments)}")
+        frames = model.decode(latents, plan.frames)
+        started = time.monotonic()
+        first_frame = sum(n for i, (_, n) in enumerate(segments) if i in done)
+        for j, (start, count) in enumerate(segments):
+            if j in done:
+                for _ in range(count):
+                    next(frames)  # replay the causal decoder; nothing is upscaled or encoded again
+                continue
+            self._check_cancelled(job.id)
+            upscaled = self._vsr_frames(job.id, vsr, frames, count, start, plan.frames, started, first_frame)
+            if fmt.sequence:
+                directory = work / f"deliver/seg{j:05d}"
+                shutil.rmtree(directory, ignore_errors=True)  # a half-written segment from a killed run
+                directory.mkdir(parents=True)
+                for k, image in enumerate(upscaled):
+                    encode_image(directory / frame_name("f", start + k, fmt), image, fmt, size)
+                name = f"deliver/seg{j:05d}"
+            else:
+                name = f"deliver/seg{j:05d}{fmt.ext}"
+                encode_segment(work / name, upscaled, fmt, size, plan.fps)
+            self.store.add_unit(job.id, "deliver", j, name)
+            self._progress(job.id, "encode", j + 1, len(segments), started, first_todo)
+        self._check_cancelled(job.id)
+        if fmt.sequence:
+            files = sorted(p for j in range(len(segments)) for p in (work / f"deliver/seg{j:05d}").iterdir())
+            join_frames(files, target, fmt, meta, timecode_frame(meta.timecode, meta.fps))
+        else:
+            join_segments([work / f"deliver/seg{j:05d}{fmt.ext}" for j in range(len(segments))], target, fmt, meta)
+        return target
+
+    def _vsr_frames(self, job_id: str, vsr: TiledVSR, frames: Iterator[np.ndarray], count: int, start: int,
+                    total: int, started: float, first: int) -> Iterator[np.ndarray]:
+        for k in range(count):
+            out = vsr.upscale([next(frames)])
+            yield out
+            self._progress(job_id, "vsr", start + k + 1, total, started, first)
+
+
+def read_take(path: Path) -> Iterator[np.ndarray]:
+    """A draft's MP4 as float32 RGB frames in [0, 1] (the pixel handoff's input)."""
+    import av
+
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
+
+
+def run_queued(store: DraftStore, runner: JobRunner) -> list[Job]:
+    """Run every queued job, oldest first (the local executor's loop)."""
+    finished = []
+    for job in reversed(store.jobs(state="queued")):
+        try:
+            finished.append(runner.run(job.id))
+        except PrevizError:
+            continue  # recorded as failed (or cancelled) on the job; the next job may still run
+    return finished
+
