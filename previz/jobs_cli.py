@@ -66,7 +66,10 @@ def _runner(store: DraftStore, args: argparse.Namespace) -> Any:
             eta = f" eta {event.eta_s:.0f}s" if event.eta_s is not None else ""
             print(f"{event.job_id} {event.stage} {event.unit}/{event.units}{eta}", flush=True)
 
-    return JobRunner(store, device=args.device, on_progress=show, say=lambda m: print(m, file=sys.stderr))
+    from upscale.jobs import SEGMENT_FRAMES
+
+    return JobRunner(store, device=args.device, segment_frames=args.segment_frames or SEGMENT_FRAMES,
+                     on_progress=show, say=lambda m: print(m, file=sys.stderr))
 
 
 def _finish(job: Any) -> None:
@@ -115,6 +118,8 @@ def add_jobs_parser(sub: Any) -> None:
     running = argparse.ArgumentParser(add_help=False)
     running.add_argument("--device", default="cpu", help="torch device for refine and decode (default cpu)")
     running.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    running.add_argument("--segment-frames", type=int, default=None, metavar="N",
+                         help="frames per resumable delivery segment (default 8; a resume keeps the job's own)")
 
     jobs = sub.add_parser("jobs", help="final-render jobs: list, show, run, resume, cancel")
     jsub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")

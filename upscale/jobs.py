@@ -98,10 +98,14 @@ def parse_size(text: str) -> tuple[int, int]:
 class JobRunner:
     """Runs one job at a time in this process (the local executor: one worker per device)."""
 
-    def __init__(self, store: DraftStore, *, device: str = "cpu",
+    def __init__(self, store: DraftStore, *, device: str = "cpu", segment_frames: int = SEGMENT_FRAMES,
                  on_progress: Callable[[Progress], None] | None = None,
                  say: Callable[[str], None] = lambda _msg: None) -> None:
+        if segment_frames < 1:
+            raise JobError(f"segment_frames = {segment_frames}: expected at least 1", field="segment_frames",
+                           value=segment_frames)
         self.store, self.device, self.on_progress, self.say = store, device, on_progress, say
+        self.segment_frames = segment_frames
         self._delay = float(os.environ.get(UNIT_DELAY_ENV, "0") or 0)
         self._models: dict[str, FinalModel] = {}
 
@@ -177,7 +181,8 @@ class JobRunner:
                           strength=float(options.get("strength", DEFAULT_STRENGTH)),
                           handoff=handoff_kind(draft_space, pack))
         work.mkdir(parents=True, exist_ok=True)
-        self._pin_plan(work, job, plan, pack.fingerprint())
+        # A resume keeps the segment length the job started with: H.265 segments are separate encodes.
+        segment_frames = self._pin_plan(work, job, plan, pack.fingerprint())
 
         latents = self._refine(job, draft, model, plan, work)
         resolution = delivery_size(options.get("resolution", "uhd"))
@@ -193,19 +198,26 @@ class JobRunner:
                 "options": {k: v for k, v in options.items() if k != "output_dir"},
             },
         )
-        return self._deliver(job, model, plan, latents, vsr, fmt, meta, work, target)
+        return self._deliver(job, model, plan, latents, vsr, fmt, meta, work, target, segment_frames)
 
-    def _pin_plan(self, work: Path, job: Job, plan: RefinePlan, fingerprint: str) -> None:
-        """The plan a job started with; a resume against a different pack or plan would mix two renders."""
-        record = {"plan": plan.to_dict(), "pack": fingerprint, "options": job.options}
+    def _pin_plan(self, work: Path, job: Job, plan: RefinePlan, fingerprint: str) -> int:
+        """The plan a job started with; a resume against a different pack or plan would mix two renders.
+
+        Returns the segment length pinned with it.
+        """
+        record: dict[str, Any] = {"plan": plan.to_dict(), "pack": fingerprint, "options": job.options}
         path = work / "plan.json"
         if path.is_file():
-            if json.loads(path.read_text()) != json.loads(json.dumps(record)):
+            pinned = json.loads(path.read_text())
+            segment_frames = int(pinned.pop("segment_frames"))
+            if pinned != json.loads(json.dumps(record)):
                 raise JobError(f"job {job.id}: its final pack or plan changed since it started; it cannot resume "
                                "into the same file (cancel it and promote the draft again)", field="job_id",
                                value=job.id)
-        else:
-            atomic_write(path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode())
+            return segment_frames
+        record["segment_frames"] = self.segment_frames
+        atomic_write(path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode())
+        return self.segment_frames
 
     # ------------------------------------------------------------------ refine units
 
@@ -246,9 +258,9 @@ class JobRunner:
     # ------------------------------------------------------------------ delivery units
 
     def _deliver(self, job: Job, model: FinalModel, plan: RefinePlan, latents: np.ndarray, vsr: TiledVSR,
-                 fmt: Any, meta: DeliveryMeta, work: Path, target: Path) -> Path:
+                 fmt: Any, meta: DeliveryMeta, work: Path, target: Path, segment_frames: int) -> Path:
         size = vsr.dst
-        segments = [(s, min(SEGMENT_FRAMES, plan.frames - s)) for s in range(0, plan.frames, SEGMENT_FRAMES)]
+        segments = [(s, min(segment_frames, plan.frames - s)) for s in range(0, plan.frames, segment_frames)]
         done = {i for i, f in self.store.units(job.id, "deliver").items() if (work / f).exists()}
         first_todo = next((i for i in range(len(segments)) if i not in done), len(segments))
         if done:
