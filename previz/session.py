@@ -214,8 +214,10 @@ class Session:
         job = await self._store(self.store.promote, message.fields["draft_id"], message.fields["options"])
         self.send_event(protocol.event(
             "job_queued", message.id, job=job.to_dict(),
-            message="Promotion recorded: the job is queued. The final stage that renders queued jobs "
-                    "(MoE refine, 4K upscale, delivery encode) is not built yet, so it stays queued.",
+            # `previz serve` has no background job worker yet (issue 8 leaves it for later): say so.
+            message=f"Promotion recorded: the job is queued. This server does not render finals in the "
+                    f"background yet, so it stays queued until `previz jobs run {job.id}` renders it "
+                    "(MoE refine, 4K upscale, delivery encode) on this machine.",
         ))
         draft = await self._store(self.store.get, message.fields["draft_id"])
         self.send_event(protocol.event("draft", None, draft=await self._draft_dict(draft)))

@@ -228,3 +228,30 @@ def test_jobs_list_show_and_cancel(store, test_pack, cache_dir, capsys):
     assert "cancelled" in _one_line_error(*cli(capsys, "jobs", "run", job.id, *s)[::2])
     assert "only a running" in _one_line_error(*cli(capsys, "jobs", "resume", job.id, *s)[::2])
     assert store.job(job.id).state == "cancelled"
+
+
+def test_a_version_1_store_migrates_and_keeps_its_queued_jobs(tmp_path):
+    import sqlite3
+    import time
+
+    import previz.drafts as drafts_mod
+
+    root = tmp_path / "old"
+    (root / "files").mkdir(parents=True)
+    db = sqlite3.connect(root / drafts_mod.DB_NAME)
+    db.executescript(drafts_mod._SCHEMA + "PRAGMA user_version = 1;")
+    now = time.time()
+    db.execute("INSERT INTO drafts VALUES ('d0123456789abcdef', ?, ?, 'promoted', '{}', '{}', 3, 30)", (now, now))
+    db.execute("INSERT INTO jobs VALUES ('j0123456789abcdef', 'd0123456789abcdef', ?, 'queued', "
+               "'{\"format\":\"prores\"}')", (now,))
+    db.commit()
+    db.close()
+    with DraftStore(root) as store:
+        job = store.job("j0123456789abcdef")
+        assert (job.state, job.options, job.error, job.output, job.progress) == (
+            "queued", {"format": "prores"}, None, None, None)
+        assert store.units(job.id, "refine") == {}
+        store.set_job_state(job.id, "cancelled")
+    db = sqlite3.connect(root / drafts_mod.DB_NAME)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == drafts_mod.SCHEMA_VERSION == 2
+    db.close()

@@ -531,7 +531,7 @@ function actOnSelected(type, extra = {}) {
 }
 
 function onJobQueued(ev) {
-  // Say exactly what the server says: the final stage does not exist yet, so jobs stay queued.
+  // Say exactly what the server says: jobs stay queued until `previz jobs run` renders them.
   const job = ev.job || {};
   addJobLine(job, ev.message || "");
   setStatus(`promotion of ${job.draft_id} queued`);
