@@ -62,7 +62,7 @@ def child(frames: int, fmt: str, resolution: str, home: Path, flicker: bool) -> 
                       latents=np.concatenate(latents, axis=2), fps=model.fps)
     store.set_state(draft.id, "approved")
     job = store.promote(draft.id, {"format": fmt, "resolution": resolution})
-    del model, images, latents
+    del model, images  # the job reads the draft back from the store, as a real one does
 
     spent = {"refine": 0.0, "decode": 0.0, "vsr": 0.0, "encode_total": 0.0}
 
@@ -172,7 +172,7 @@ def main() -> None:
           f"{os.cpu_count()} CPU threads, torch CPU")
     print(f"{'frames':>6} {'refine':>8} {'decode':>8} {'vsr':>8} {'encode':>8} {'wall':>8} {'peak RSS':>10}   "
           "(seconds per output frame)")
-    for frames, r in results.items():
+    for r in results.values():
         n = r["frames"]
         print(f"{n:>6} {r['refine_s'] / n:>8.3f} {r['decode_s'] / n:>8.3f} {r['vsr_s'] / n:>8.3f} "
               f"{r['encode_s'] / n:>8.3f} {r['wall_s'] / n:>8.3f} {r['peak_rss_mb']:>8.0f} MB")

@@ -77,7 +77,10 @@ FORMATS: dict[str, DeliveryFormat] = {
     ),
     "h265": DeliveryFormat(
         "h265", "libx265", "yuv420p10le", False, ".mp4", "mp4",
-        {"preset": "fast", "crf": "16", "x265-params": "log-level=error"},
+        # No B-frames: packets leave in presentation order, so each segment is a closed GOP with
+        # pts == dts that joins by remux, and its timestamps are ours, not libx265's (whose
+        # dts for a few-frame encode came out invalid in about one run in ten).
+        {"preset": "fast", "crf": "16", "x265-params": "bframes=0:log-level=error"},
         # hvc1 (parameter sets out of band) is the tag QuickTime and Apple devices require.
         "hvc1", "H.265 Main10, 10-bit 4:2:0, MPEG-4",
     ),
@@ -241,7 +244,10 @@ def encode_segment(path: Path, images: Iterable[np.ndarray], fmt: DeliveryFormat
     width, height = size
     count = 0
     with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format=fmt.container) as container:
-        stream: Any = container.add_stream(fmt.codec, rate=Fraction(fps, 1))
+        # An explicit time base of one frame: left to PyAV it is sometimes unset when the encoder
+        # opens, and packet timestamps come out garbled (flaky "non monotonically increasing dts").
+        stream: Any = container.add_stream(fmt.codec, rate=Fraction(fps, 1), time_base=Fraction(1, fps))
+        stream.codec_context.time_base = Fraction(1, fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = fmt.pix_fmt
         stream.options = dict(fmt.options)
@@ -249,24 +255,38 @@ def encode_segment(path: Path, images: Iterable[np.ndarray], fmt: DeliveryFormat
         _tag_codec(cc, fmt)
         if fmt.codec_tag:
             cc.codec_tag = fmt.codec_tag
+        muxed = 0
+
+        def mux(packets: list[av.Packet]) -> None:
+            # Every delivery codec here emits packets in presentation order (ProRes is intra-only,
+            # H.265 runs without B-frames), so the n-th packet is frame n: stamp it so.
+            nonlocal muxed
+            for packet in packets:
+                packet.pts = packet.dts = muxed
+                packet.time_base = Fraction(1, fps)
+                muxed += 1
+            container.mux(packets)
+
         for image in images:
             frame = video_frame(_check_frame(image, size), fmt)
             frame.pts = count
             frame.time_base = Fraction(1, fps)
-            container.mux(stream.encode(frame))
+            mux(stream.encode(frame))
             count += 1
         if count == 0:
             raise ValueError("a segment needs at least one frame")
-        container.mux(stream.encode(None))
+        mux(stream.encode(None))
+        if muxed != count:
+            raise RuntimeError(f"{fmt.codec} returned {muxed} packets for {count} frames")
     return count
 
 
 def join_segments(segments: Sequence[Path], target: Path, fmt: DeliveryFormat, meta: DeliveryMeta) -> int:
     """Remux segments into the delivery file, packets copied as they are; returns the frame count.
 
-    Timestamps are shifted by the frames before each segment.  Every segment
-    comes from the same encoder settings, so they share one decode delay and
-    the shifted DTS stay increasing across the joins.
+    Timestamps are shifted by the frames before each segment.  Segments hold
+    packets in presentation order with pts == dts (see :func:`encode_segment`),
+    so the shifted timestamps increase across the joins.
     """
     if not segments:
         raise ValueError("nothing to join")
