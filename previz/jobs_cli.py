@@ -76,8 +76,30 @@ def _finish(job: Any) -> None:
     print(f"{job.id}: done -> {job.output}", flush=True)
 
 
+def _run_elsewhere(store: DraftStore, args: argparse.Namespace, job_ids: list[str]) -> int:
+    from upscale.executors import create_executor
+
+    executor = create_executor(args.executor, store, address=args.address, device=args.device)
+    try:
+        outcomes = executor.run(job_ids)
+    finally:
+        executor.close()
+    for o in outcomes:
+        print(f"{o.job_id}: {o.state}" + (f" -> {o.output}" if o.output else "") + (f" ({o.error})" if o.error else ""))
+    failed = [o for o in outcomes if o.state != "done"]
+    if failed:
+        raise JobError(f"{len(failed)} of {len(outcomes)} jobs did not finish (`previz jobs list` shows why)")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     with _open(args) as store:
+        if args.executor != "local":
+            ids = [args.id] if args.id else [j.id for j in reversed(store.jobs(state="queued"))]
+            if not ids:
+                print("no queued jobs")
+                return 0
+            return _run_elsewhere(store, args, ids)
         runner = _runner(store, args)
         if args.id:
             _finish(runner.run(args.id))
@@ -104,9 +126,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from upscale.jobs import cancel
+
     with _open(args) as store:
-        job = store.set_job_state(args.id, "cancelled")
-    # A process rendering it stops at its next unit boundary and removes its working files.
+        job = cancel(store, args.id)
     print(f"{job.id}: cancelled")
     return 0
 
@@ -131,6 +154,9 @@ def add_jobs_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_show)
     p = jsub.add_parser("run", parents=[common, running], help="render a queued job (default: every queued job)")
     p.add_argument("id", nargs="?")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: Ray tasks with retries (pip install 'previz[ray]')")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
     p.set_defaults(func=cmd_run)
     p = jsub.add_parser("resume", parents=[common, running],
                         help="carry on an interrupted or failed job from its last finished unit")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from previz.atomic import atomic_write, file_lock
 from previz.drafts import TAKE, Draft, DraftStore, Job
@@ -99,13 +100,14 @@ class JobRunner:
     """Runs one job at a time in this process (the local executor: one worker per device)."""
 
     def __init__(self, store: DraftStore, *, device: str = "cpu", segment_frames: int = SEGMENT_FRAMES,
-                 on_progress: Callable[[Progress], None] | None = None,
+                 threads: int | None = None, on_progress: Callable[[Progress], None] | None = None,
                  say: Callable[[str], None] = lambda _msg: None) -> None:
         if segment_frames < 1:
             raise JobError(f"segment_frames = {segment_frames}: expected at least 1", field="segment_frames",
                            value=segment_frames)
         self.store, self.device, self.on_progress, self.say = store, device, on_progress, say
         self.segment_frames = segment_frames
+        self.threads = threads  # torch CPU threads; None: whatever this process has
         self._delay = float(os.environ.get(UNIT_DELAY_ENV, "0") or 0)
         self._models: dict[str, FinalModel] = {}
 
@@ -133,7 +135,10 @@ class JobRunner:
             except PrevizError as exc:
                 self._fail(job_id, exc.message)
                 raise
-            except BaseException as exc:  # a bug or a kill signal: record it, keep the traceback
+            except KeyboardInterrupt:
+                self._fail(job_id, "interrupted (resume it with `previz jobs resume`)")
+                raise
+            except BaseException as exc:  # a bug: record it on the job, keep the traceback
                 self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}"[:500])
                 raise
             done = self.store.set_job_state(job_id, "done", output=str(output))
@@ -181,8 +186,11 @@ class JobRunner:
                           strength=float(options.get("strength", DEFAULT_STRENGTH)),
                           handoff=handoff_kind(draft_space, pack))
         work.mkdir(parents=True, exist_ok=True)
-        # A resume keeps the segment length the job started with: H.265 segments are separate encodes.
-        segment_frames = self._pin_plan(work, job, plan, pack.fingerprint())
+        # A resume keeps the segment length the job started with (H.265 segments are separate
+        # encodes) and its torch thread count (CPU reductions group differently per thread count,
+        # so the bytes are reproducible only at the same count).
+        segment_frames, threads = self._pin_plan(work, job, plan, pack.fingerprint())
+        torch.set_num_threads(threads)
 
         latents = self._refine(job, draft, model, plan, work)
         resolution = delivery_size(options.get("resolution", "uhd"))
@@ -200,24 +208,25 @@ class JobRunner:
         )
         return self._deliver(job, model, plan, latents, vsr, fmt, meta, work, target, segment_frames)
 
-    def _pin_plan(self, work: Path, job: Job, plan: RefinePlan, fingerprint: str) -> int:
+    def _pin_plan(self, work: Path, job: Job, plan: RefinePlan, fingerprint: str) -> tuple[int, int]:
         """The plan a job started with; a resume against a different pack or plan would mix two renders.
 
-        Returns the segment length pinned with it.
+        Returns the segment length and thread count pinned with it.
         """
         record: dict[str, Any] = {"plan": plan.to_dict(), "pack": fingerprint, "options": job.options}
         path = work / "plan.json"
         if path.is_file():
             pinned = json.loads(path.read_text())
-            segment_frames = int(pinned.pop("segment_frames"))
+            segment_frames, threads = int(pinned.pop("segment_frames")), int(pinned.pop("threads"))
             if pinned != json.loads(json.dumps(record)):
                 raise JobError(f"job {job.id}: its final pack or plan changed since it started; it cannot resume "
                                "into the same file (cancel it and promote the draft again)", field="job_id",
                                value=job.id)
-            return segment_frames
+            return segment_frames, threads
         record["segment_frames"] = self.segment_frames
+        record["threads"] = self.threads or torch.get_num_threads()
         atomic_write(path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode())
-        return self.segment_frames
+        return self.segment_frames, record["threads"]
 
     # ------------------------------------------------------------------ refine units
 
@@ -310,6 +319,17 @@ def read_take(path: Path) -> Iterator[np.ndarray]:
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
             yield frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
+
+
+def cancel(store: DraftStore, job_id: str) -> Job:
+    """Cancel a job.  A process rendering it stops at its next unit and removes its files;
+    if none is (the lock is free), the files of an interrupted run are removed here."""
+    job = store.set_job_state(job_id, "cancelled")
+    work = store.job_dir(job_id)
+    with file_lock(work.parent / f"{job_id}.lock", blocking=False) as held:
+        if held:
+            shutil.rmtree(work, ignore_errors=True)
+    return job
 
 
 def run_queued(store: DraftStore, runner: JobRunner) -> list[Job]:
