@@ -306,6 +306,7 @@ def join_segments(segments: Sequence[Path], target: Path, fmt: DeliveryFormat, m
                     ostream.time_base = istream.time_base
                     # The muxer sizes the tmcd track from the stream's frame rate, which a copied stream lacks.
                     ostream.codec_context.framerate = Fraction(meta.fps, 1)
+                assert istream.time_base is not None  # mov/mp4 streams always have one
                 scale = Fraction(1, meta.fps) / istream.time_base  # frames -> this segment's ticks
                 offset = int(frames * scale)
                 n = 0

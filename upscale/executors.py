@@ -95,7 +95,7 @@ class RayExecutor:
         if self._started_here:
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": env} if env else None)
-        self._task = ray.remote(num_cpus=1, max_retries=max_retries)(run_job_in_store)
+        self._task: Any = ray.remote(num_cpus=1, max_retries=max_retries)(run_job_in_store)
 
     def run(self, job_ids: list[str]) -> list[Outcome]:
         root = str(self.store.root.resolve())

@@ -33,11 +33,16 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom in source pi
 class Upscaler(Protocol):
     """Resample a source crop: ``box`` (in crop coordinates) to an output tile of ``size``."""
 
-    name: str
-    label: str
-    trained: bool
-    temporal_window: int  # frames it looks at (1: per frame)
-    margin: int  # source pixels of context a tile needs around its box
+    @property
+    def name(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def trained(self) -> bool: ...
+    @property
+    def temporal_window(self) -> int: ...  # frames it looks at (1: per frame)
+    @property
+    def margin(self) -> int: ...  # source pixels of context a tile needs around its box
 
     def __call__(self, crops: list[np.ndarray], box: Box, size: tuple[int, int]) -> np.ndarray: ...
 
