@@ -117,6 +117,19 @@ def test_streaming_tiled_decode_equals_diffusers(final_model, tile, overlap):
 
 def test_experts_are_offloaded_only_on_cuda(final_model):
     placement = final_model.placement
-    assert placement.offload is False  # on CPU both live in host memory; nothing moves
+    assert placement.offload is False and placement.swaps == 0  # on CPU both live in host memory
     guided_model = guided(lambda x, t: x, lambda x, t: x * 0, 2.0)
     assert np.array_equal(guided_model(np.ones(2, np.float32), np.zeros(1)), 2 * np.ones(2))
+
+
+def test_with_offload_the_experts_swap_once_at_the_boundary(final_pack):
+    """The CUDA code path (one expert resident), run on the CPU: the same calls, counted swaps."""
+    m = FinalModel(final_pack, offload=True)
+    plan = m.plan(RECIPE, frames=5, fps=30, width=64, height=32, strength=1.0, handoff="latent")
+    x = m.start_from_latents(plan, np.zeros((1, 16, 2, 4, 8), np.float32))
+    model = m.model(RECIPE, plan)
+    for i in range(plan.units):
+        x = euler_step(model, x, plan.sigmas[i], plan.sigmas[i + 1], np.array([1000 * plan.sigmas[i]], np.float32))
+    assert m.stats.calls["transformer"] > 0 and m.stats.calls["transformer_2"] > 0
+    assert m.placement.swaps == 2  # the high-noise expert in once, then the low-noise one, once
+    assert m.placement.active == "transformer_2"

@@ -255,6 +255,10 @@ class JobRunner:
             x = euler_step(step, x, sigma, sigma_next, np.array([1000.0 * sigma], np.float32))
             self._checkpoint(job.id, work, i + 1, x)
             self._progress(job.id, "refine", i + 1, plan.units, started, last)
+        peak = model.placement.peak_device_bytes()
+        if peak is not None:
+            self.say(f"job {job.id}: refine peak device memory {peak / 2**30:.2f} GiB "
+                     f"({model.placement.swaps} expert swaps)")
         return x
 
     def _checkpoint(self, job_id: str, work: Path, index: int, x: np.ndarray) -> None:

@@ -85,31 +85,45 @@ def check_size(pack: Pack, width: int, height: int) -> None:
 
 
 class ExpertPlacement:
-    """Which expert is on the device.  On CUDA the idle one waits in pinned host memory."""
+    """Which expert is on the device.  On CUDA the idle one waits in pinned host memory.
 
-    def __init__(self, modules: dict[str, torch.nn.Module], device: torch.device) -> None:
+    Both A14B experts are 57 GB in bf16, more than a 24 or 48 GB card holds, so
+    by default (``offload=None``) a CUDA device holds one expert at a time; the
+    denoising order (all high-noise steps, then all low-noise ones) makes that
+    one swap per render, at the boundary.
+    """
+
+    def __init__(self, modules: dict[str, torch.nn.Module], device: torch.device,
+                 offload: bool | None = None) -> None:
         self.modules, self.device = modules, device
-        self.offload = device.type == "cuda"
+        self.offload = device.type == "cuda" if offload is None else offload
+        self._pin = self.offload and torch.cuda.is_available()  # pinned pages copy to the GPU asynchronously
         self.active: str | None = None
         self.swaps = 0
-        if self.offload:
-            for module in modules.values():  # pinned pages copy to the GPU asynchronously and fast
-                for p in module.parameters():
-                    p.data = p.data.pin_memory()
-        else:
-            for module in modules.values():
+        for module in modules.values():
+            if self.offload:
+                self._to_host(module)
+            else:
                 module.to(device)
+
+    def _to_host(self, module: torch.nn.Module) -> None:
+        module.to("cpu")
+        if self._pin:
+            for p in module.parameters():
+                p.data = p.data.pin_memory()
 
     def activate(self, name: str) -> torch.nn.Module:
         if self.offload and self.active != name:
             if self.active is not None:
-                self.modules[self.active].to("cpu")
-                for p in self.modules[self.active].parameters():
-                    p.data = p.data.pin_memory()
-            self.modules[name].to(self.device, non_blocking=True)
+                self._to_host(self.modules[self.active])
+            self.modules[name].to(self.device, non_blocking=self._pin)
             self.swaps += 1
         self.active = name
         return self.modules[name]
+
+    def peak_device_bytes(self) -> int | None:
+        """Peak memory allocated on the CUDA device so far (None elsewhere)."""
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None
 
 
 @dataclass
@@ -121,7 +135,8 @@ class RefineStats:
 class FinalModel:
     """A final pack loaded for refinement and decoding (CPU by default)."""
 
-    def __init__(self, pack: Pack, *, device: str = "cpu", text: TextEncoder | None = None) -> None:
+    def __init__(self, pack: Pack, *, device: str = "cpu", text: TextEncoder | None = None,
+                 offload: bool | None = None) -> None:
         if pack.kind != "final" or pack.final is None or pack.boundary_ratio is None:
             raise PackError(f"pack {pack.id!r} is not a final pack with sampling defaults", field="pack",
                             value=pack.id)
@@ -135,7 +150,7 @@ class FinalModel:
             if module.config.in_channels != pack.latent.channels + self.camera_channels:
                 raise PackError(f"pack {pack.id!r}: {name} takes {module.config.in_channels} channels; the layout "
                                 f"and camera say {pack.latent.channels} + {self.camera_channels}")
-        self.placement = ExpertPlacement(experts_, self.device)
+        self.placement = ExpertPlacement(experts_, self.device, offload)
         self.vae = load_component(pack, "vae").to(self.device)
         cfg = self.vae.config
         self.latents_mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
