@@ -179,7 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = DraftStore(args.store or default_store_root())
     config = ServeConfig(
         host=args.host, port=args.port, max_clients=args.max_clients, allowed_hosts=tuple(args.allow_host),
-        limits=SessionLimits(image_format=args.image_format),
+        limits=SessionLimits(image_format=args.image_format), run_jobs=args.jobs,
     )
     backends = [name for name, reason in available_backends().items() if reason is None]
     try:
@@ -297,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another Host name clients may use (e.g. the machine's DNS name)")
     s.add_argument("--max-clients", type=int, default=16)
     s.add_argument("--image-format", choices=["jpeg", "webp"], default="jpeg")
+    s.add_argument("--no-jobs", dest="jobs", action="store_false",
+                   help="do not render queued final jobs in the background (`previz jobs run` does it then)")
     s.set_defaults(func=cmd_serve)
 
     add_drafts_parser(sub)

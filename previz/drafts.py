@@ -204,6 +204,14 @@ class Job:
             "progress": dict(self.progress) if self.progress else None,
         }
 
+    def to_public_dict(self) -> dict[str, Any]:
+        """What a page's client sees: the delivery's file name, never this machine's paths."""
+        out = self.to_dict()
+        out["output"] = Path(self.output).name if self.output else None
+        out["options"].pop("output_dir", None)
+        out["options"].pop("pack", None)
+        return out
+
 
 def check_job_options(options: dict[str, Any] | None, *, local: bool = False) -> dict[str, Any]:
     """Final-render options with the defaults filled in; DraftError naming the bad field otherwise.

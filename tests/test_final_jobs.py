@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_stored_draft
+from test_final_encode import exr_channel_types, ffprobe
 
 from previz.cli import main
 from previz.drafts import DraftStore
-from tests.conftest import make_stored_draft
-from tests.test_final_encode import exr_channel_types, ffprobe
 from upscale.jobs import UNIT_DELAY_ENV, JobRunner, output_target
 
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe (Debian ffmpeg) not installed")

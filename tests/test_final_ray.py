@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import make_stored_draft
 
 from previz.drafts import DraftStore
-from tests.conftest import make_stored_draft
 from upscale.jobs import JobRunner
 
 ray = pytest.importorskip("ray", reason="the Ray executor is an optional extra (pip install 'previz[ray]')")

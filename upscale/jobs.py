@@ -25,8 +25,10 @@ job holds its ``flock`` (released by the kernel if the process dies), so
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +57,8 @@ from upscale.encode import (
 from upscale.final_pack import FINAL_PACK_ID, open_final_pack
 from upscale.refine import FinalModel, RefinePlan, handoff_kind
 from upscale.vsr import TiledVSR, upscaler_for
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STRENGTH = 0.6
 SEGMENT_FRAMES = 8
@@ -101,13 +105,14 @@ class JobRunner:
 
     def __init__(self, store: DraftStore, *, device: str = "cpu", segment_frames: int = SEGMENT_FRAMES,
                  threads: int | None = None, on_progress: Callable[[Progress], None] | None = None,
-                 say: Callable[[str], None] = lambda _msg: None) -> None:
+                 say: Callable[[str], None] = lambda _msg: None, stop: threading.Event | None = None) -> None:
         if segment_frames < 1:
             raise JobError(f"segment_frames = {segment_frames}: expected at least 1", field="segment_frames",
                            value=segment_frames)
         self.store, self.device, self.on_progress, self.say = store, device, on_progress, say
         self.segment_frames = segment_frames
         self.threads = threads  # torch CPU threads; None: whatever this process has
+        self.stop = stop  # set by a shutting-down server: the job fails at its next unit, resumable
         self._delay = float(os.environ.get(UNIT_DELAY_ENV, "0") or 0)
         self._models: dict[str, FinalModel] = {}
 
@@ -154,6 +159,9 @@ class JobRunner:
     def _check_cancelled(self, job_id: str) -> None:
         if self.store.job(job_id).state == "cancelled":
             raise JobCancelled(f"job {job_id} was cancelled", field="state", value="cancelled")
+        if self.stop is not None and self.stop.is_set():
+            raise JobError(f"stopped: the server shut down before job {job_id} finished; "
+                           f"`previz jobs resume {job_id}` carries on", field="state", value="stopped")
 
     def _progress(self, job_id: str, stage: str, unit: int, units: int, started: float, first: int) -> None:
         done_here = unit - first
@@ -334,6 +342,52 @@ def cancel(store: DraftStore, job_id: str) -> Job:
         if held:
             shutil.rmtree(work, ignore_errors=True)
     return job
+
+
+class BackgroundJobs:
+    """The local executor inside ``previz serve``: one worker thread runs queued jobs, oldest first.
+
+    ``on_event(kind, job, progress)`` is called from the worker thread with
+    ``job_progress``, ``job_done`` or ``job_failed``; the server forwards it to
+    its clients.  One worker per device: the live drafts and this worker share
+    the machine, so a second one would only slow both.
+    """
+
+    def __init__(self, store: DraftStore, on_event: Callable[[str, Job, dict[str, Any] | None], None], *,
+                 device: str = "cpu", poll_s: float = 1.0) -> None:
+        self.store, self.on_event, self.poll_s = store, on_event, poll_s
+        self._stop = threading.Event()
+        self.runner = JobRunner(store, device=device, stop=self._stop, on_progress=self._progress)
+        self._thread = threading.Thread(target=self._loop, name="previz-jobs", daemon=True)
+
+    def start(self) -> BackgroundJobs:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop after the unit in progress; an unfinished job is left failed, and resumable."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _progress(self, event: Progress) -> None:
+        self.on_event("job_progress", self.store.job(event.job_id), event.to_dict())
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            queued = self.store.jobs(state="queued")
+            if not queued:
+                self._stop.wait(self.poll_s)
+                continue
+            job_id = queued[-1].id  # newest first: the last is the oldest
+            try:
+                done = self.runner.run(job_id)
+                self.on_event("job_done", done, None)
+            except PrevizError:
+                self.on_event("job_failed", self.store.job(job_id), None)
+            except Exception:  # a bug: the runner recorded it on the job; the worker lives on
+                log.exception("final-render job %s failed", job_id)
+                self.on_event("job_failed", self.store.job(job_id), None)
 
 
 def run_queued(store: DraftStore, runner: JobRunner) -> list[Job]:
