@@ -40,8 +40,8 @@ def child(frames: int, fmt: str, resolution: str, home: Path, flicker: bool) -> 
     import numpy as np
     import torch
 
-    import previz.sampler
     import upscale.jobs as jobs
+    import upscale.refine
     from previz.cli import _quiet_libraries, open_pack
     from previz.drafts import DraftStore
     from previz.recipe import Recipe, resolve
@@ -75,7 +75,7 @@ def child(frames: int, fmt: str, resolution: str, home: Path, flicker: bool) -> 
                 spent[key] += time.perf_counter() - start
         return wrapper
 
-    previz.sampler.euler_step = timed("refine", previz.sampler.euler_step)
+    upscale.refine.euler_step = timed("refine", upscale.refine.euler_step)  # what Refine.step calls
     decode = FinalModel.decode
 
     def timed_decode(self: Any, *args: Any, **kwargs: Any) -> Any:

@@ -55,7 +55,7 @@ from upscale.encode import (
     timecode_frame,
 )
 from upscale.final_pack import FINAL_PACK_ID, open_final_pack
-from upscale.refine import FinalModel, RefinePlan, handoff_kind
+from upscale.refine import FinalModel, Refine, RefinePlan, RefineState, handoff_kind
 from upscale.vsr import TiledVSR, upscaler_for
 
 log = logging.getLogger(__name__)
@@ -253,21 +253,18 @@ class JobRunner:
                 x = model.start_from_frames(plan, list(read_take(self.store.file_path(draft.id, TAKE))))
             self._checkpoint(job.id, work, 0, x)
             last = 0
-        step = model.model(draft.recipe, plan)
+        refine = Refine(model.model(draft.recipe, plan), plan, RefineState(last, x))
         started = time.monotonic()
-        from previz.sampler import euler_step
-
-        for i in range(last, plan.units):
+        while not refine.done:
             self._check_cancelled(job.id)
-            sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
-            x = euler_step(step, x, sigma, sigma_next, np.array([1000.0 * sigma], np.float32))
-            self._checkpoint(job.id, work, i + 1, x)
-            self._progress(job.id, "refine", i + 1, plan.units, started, last)
+            state = refine.step()
+            self._checkpoint(job.id, work, state.next_step, state.x)
+            self._progress(job.id, "refine", state.next_step, plan.units, started, last)
         peak = model.placement.peak_device_bytes()
         if peak is not None:
             self.say(f"job {job.id}: refine peak device memory {peak / 2**30:.2f} GiB "
                      f"({model.placement.swaps} expert swaps)")
-        return x
+        return refine.state.x
 
     def _checkpoint(self, job_id: str, work: Path, index: int, x: np.ndarray) -> None:
         import safetensors.numpy

@@ -11,8 +11,9 @@ The loop is short and written here, over diffusers' models, because
 2. **Denoise** with the sampler's pure functions: ``experts(high, low,
    boundary)`` routes each step to the high-noise expert while t >= boundary
    and to the low-noise expert below, each inside its own guidance.  Same
-   prompt, seed and camera path as the draft.  The only state between steps is
-   the latent ``x`` and the step index, which is what a job checkpoints.
+   prompt, seed and camera path as the draft.  :class:`Refine` is the loop as
+   an explicit step whose state (the step index and the latent ``x``) is what
+   a job checkpoints, the same shape as a draft :class:`previz.take.Take`.
 3. **Decode** with the Wan VAE in spatial tiles with overlap, one latent frame
    at a time, each tile carrying its own causal cache from frame to frame: frames
    leave as soon as they exist and a clip is never decoded whole.
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from previz.camera import camera_path, plucker_latent
 from previz.errors import PackError
 from previz.packs import Pack, load_component
-from previz.sampler import Model, chunk_noise, experts, guided, renoise, strength_sigmas
+from previz.sampler import Model, chunk_noise, euler_step, experts, guided, renoise, strength_sigmas
 from previz.text import TextEncoder
 
 # The final's noise is its own stream of (seed, stream): distinct from every draft chunk's.
@@ -63,6 +64,36 @@ class RefinePlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class RefineState:
+    """All a refine carries from one step to the next: the step index and the latents."""
+
+    next_step: int
+    x: np.ndarray
+
+
+class Refine:
+    """The refine as an explicit step, the same shape as a draft :class:`previz.take.Take`.
+
+    ``state`` is everything to checkpoint; a refine built from a saved state
+    carries on with exactly the steps an uninterrupted one would run.
+    """
+
+    def __init__(self, model: Model, plan: RefinePlan, state: RefineState) -> None:
+        self.model, self.plan, self.state = model, plan, state
+
+    @property
+    def done(self) -> bool:
+        return self.state.next_step >= self.plan.units
+
+    def step(self) -> RefineState:
+        i = self.state.next_step
+        sigma, sigma_next = self.plan.sigmas[i], self.plan.sigmas[i + 1]
+        x = euler_step(self.model, self.state.x, sigma, sigma_next, np.array([1000.0 * sigma], np.float32))
+        self.state = RefineState(i + 1, x)
+        return self.state
 
 
 def handoff_kind(draft_space: str | None, final: Pack) -> str:
