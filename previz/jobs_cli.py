@@ -58,18 +58,48 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runner(store: DraftStore, args: argparse.Namespace) -> Any:
-    from upscale.jobs import JobRunner, Progress
+class _Bars:
+    """A progress bar per stage on a terminal; one line per unit otherwise (logs, scripts, tests)."""
 
-    def show(event: Progress) -> None:
-        if not args.quiet:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.tty = quiet, sys.stdout.isatty()
+        self.bar: Any = None
+        self.stage: tuple[str, str] | None = None
+
+    def __call__(self, event: Any) -> None:
+        if self.quiet:
+            return
+        if not self.tty:
             eta = f" eta {event.eta_s:.0f}s" if event.eta_s is not None else ""
             print(f"{event.job_id} {event.stage} {event.unit}/{event.units}{eta}", flush=True)
+            return
+        from tqdm import tqdm
 
-    from upscale.jobs import SEGMENT_FRAMES
+        if event.stage == "encode":  # segments interleave with the VSR's frames: a note on that bar
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"encoded segment {event.unit}/{event.units}")
+                if self.bar.n == self.bar.total and event.unit == event.units:
+                    self.bar.close()
+                    self.bar, self.stage = None, None
+            return
+        if self.stage != (event.job_id, event.stage):
+            if self.bar is not None:
+                self.bar.close()
+            self.stage = (event.job_id, event.stage)
+            unit = "step" if event.stage == "refine" else "frame"
+            self.bar = tqdm(total=event.units, desc=f"{event.job_id} {event.stage}", unit=unit, file=sys.stdout)
+        self.bar.n = event.unit
+        self.bar.refresh()
+        if event.stage == "refine" and event.unit == event.units:
+            self.bar.close()
+            self.bar, self.stage = None, None
+
+
+def _runner(store: DraftStore, args: argparse.Namespace) -> Any:
+    from upscale.jobs import SEGMENT_FRAMES, JobRunner
 
     return JobRunner(store, device=args.device, segment_frames=args.segment_frames or SEGMENT_FRAMES,
-                     on_progress=show, say=lambda m: print(m, file=sys.stderr))
+                     on_progress=_Bars(args.quiet), say=lambda m: print(m, file=sys.stderr))
 
 
 def _finish(job: Any) -> None:

@@ -127,7 +127,7 @@ def test_sigkill_mid_refine_vsr_and_encode_then_resume_is_byte_identical(tmp_pat
 
     store_args = ("--store", str(root))
     # 1. Killed mid-refine: two of four steps checkpointed.
-    _kill_after(_previz("jobs", "run", job_id, "--segment-frames", "1", *store_args, delay=2), "refine 2/4")
+    _kill_after(_previz("jobs", "run", job_id, "--segment-frames", "1", *store_args, delay=1), "refine 2/4")
     with DraftStore(root) as store:
         job = store.job(job_id)
         assert job.state == "running" and job.progress["stage"] == "refine"  # the row still says running
@@ -135,11 +135,11 @@ def test_sigkill_mid_refine_vsr_and_encode_then_resume_is_byte_identical(tmp_pat
         target = output_target(store, job)
     assert not target.exists()
     # 2. Resumed, then killed between VSR'd segments: one segment encoded.
-    seen = _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=2), "encode 1/3")
+    seen = _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "encode 1/3")
     assert " refine 3/4" in seen[0]  # it carried on after step 2, not from the start
     assert not target.exists()
     # 3. Resumed, then killed after the last frame went into the encoder but before its segment closed.
-    _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=2), "vsr 3/3")
+    _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "vsr 3/3")
     assert not target.exists()
     with DraftStore(root) as store:
         assert sorted(store.units(job_id, "deliver")) == [0, 1]
