@@ -129,6 +129,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_promote_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=FINAL_FORMATS, default=DEFAULT_JOB_OPTIONS["format"],
+                   help="delivery format (default %(default)s)")
+    p.add_argument("--resolution", choices=FINAL_RESOLUTIONS, default=DEFAULT_JOB_OPTIONS["resolution"],
+                   help="delivery size: uhd 3840x2160, dci4k 4096x2160, hd 1920x1080 (default %(default)s)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="refinement strength in (0, 1]: how far the final may move from the draft (default 0.6)")
+    p.add_argument("--size", default=None, metavar="WxH",
+                   help="refine size before VSR, e.g. 1280x720 (default: the final pack's)")
+    p.add_argument("--timecode", default=None, metavar="HH:MM:SS:FF", help="start timecode (default 01:00:00:00)")
+    p.add_argument("--pack", default=None,
+                   help="final pack name or directory (default: the embedded previz-final-tiny)")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
+                   help="directory for the delivery (default: $PREVIZ_HOME/drafts/finals)")
+    p.add_argument("--run", action="store_true", help="render the job now, in this process")
+    p.set_defaults(func=cmd_promote)
+
+
 def add_drafts_parser(sub: Any) -> None:
     """Add `drafts` and its subcommands to the main CLI's subparsers object."""
     common = argparse.ArgumentParser(add_help=False)
@@ -155,23 +173,10 @@ def add_drafts_parser(sub: Any) -> None:
     with_id(dsub.add_parser("unreview", parents=[common], help="return an approved or rejected draft to draft")
             ).set_defaults(func=cmd_unreview)
 
-    p = with_id(dsub.add_parser("promote", parents=[common],
-                                help="queue an approved draft for the final 4K render"))
-    p.add_argument("--format", choices=FINAL_FORMATS, default=DEFAULT_JOB_OPTIONS["format"],
-                   help="delivery format (default %(default)s)")
-    p.add_argument("--resolution", choices=FINAL_RESOLUTIONS, default=DEFAULT_JOB_OPTIONS["resolution"],
-                   help="delivery size (default %(default)s)")
-    p.add_argument("--strength", type=float, default=None,
-                   help="refinement strength in (0, 1]: how far the final may move from the draft (default 0.6)")
-    p.add_argument("--size", default=None, metavar="WxH",
-                   help="refine size before VSR, e.g. 1280x720 (default: the final pack's)")
-    p.add_argument("--timecode", default=None, metavar="HH:MM:SS:FF", help="start timecode (default 01:00:00:00)")
-    p.add_argument("--pack", default=None,
-                   help="final pack name or directory (default: the embedded previz-final-tiny)")
-    p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
-                   help="directory for the delivery (default: $PREVIZ_HOME/drafts/finals)")
-    p.add_argument("--run", action="store_true", help="render the job now, in this process")
-    p.set_defaults(func=cmd_promote)
+    # `previz drafts promote` and, as the issue names it, `previz promote`: one parser, two places.
+    for where in (dsub, sub):
+        add_promote_options(with_id(where.add_parser("promote", parents=[common],
+                                                     help="queue an approved draft for the final 4K render")))
 
     p = with_id(dsub.add_parser("export", parents=[common], help="copy a draft's MP4 out of the store"))
     p.add_argument("-o", "--output", type=Path, required=True, metavar="PATH",

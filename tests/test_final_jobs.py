@@ -31,6 +31,7 @@ def store(tmp_path):
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # only this command's output (not, say, a weight-loading bar from building a draft)
     rc = main(list(argv))
     out = capsys.readouterr()
     return rc, out.out, out.err
@@ -186,8 +187,8 @@ def test_bad_promotions_are_one_line_errors_that_change_nothing(store, test_pack
     assert "no job" in _one_line_error(*cli(capsys, "jobs", "show", "j0000000000000000", *s)[::2])
 
 
-def test_a_full_disk_fails_the_job_cleanly_and_it_resumes_once_space_is_free(store, test_pack, cache_dir, capsys,
-                                                                             monkeypatch):
+def test_a_full_disk_fails_the_job_cleanly_and_it_resumes_once_space_is_free(store, test_pack, final_pack, cache_dir,
+                                                                             capsys, monkeypatch):
     import previz.atomic
 
     draft = make_stored_draft(store, test_pack, cache_dir)
@@ -201,8 +202,9 @@ def test_a_full_disk_fails_the_job_cleanly_and_it_resumes_once_space_is_free(sto
         real_fsync(fd)
 
     monkeypatch.setattr(previz.atomic.os, "fsync", full_disk)
-    rc, _, err = cli(capsys, "drafts", "promote", draft.id, "--format", "prores", "--size", SIZE,
-                     "--store", str(store.root), "--run")
+    # `previz promote`: the top-level spelling of `previz drafts promote`.
+    rc, _, err = cli(capsys, "promote", draft.id, "--format", "prores", "--size", SIZE, "--store", str(store.root),
+                     "--run")
     assert "No space left on device" in _one_line_error(rc, err)
     job = store.jobs(draft_id=draft.id)[0]
     assert job.state == "failed" and "No space left on device" in job.error
