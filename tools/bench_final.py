@@ -14,7 +14,14 @@ peak RSS is that job's alone, and prints:
     python tools/bench_final.py [--frames 16] [--format prores] [--resolution uhd]
 
 Everything runs on the embedded packs, which are UNTRAINED: the figures are
-costs, not quality.  There is no --gpu mode yet (see the final report).
+costs, not quality.
+
+    python tools/bench_final.py --gpu
+
+On a CUDA machine instead: one step of one Wan 2.2 A14B-shaped expert (random
+bf16 weights) over 81 frames at 1280x720, the Wan 2.1 VAE decode of those 81
+frames, and the Lanczos VSR to UHD, with peak device memory.  (Written without
+a GPU at hand: its figures have not been recorded yet.)
 """
 
 from __future__ import annotations
@@ -146,15 +153,86 @@ def measure_flicker(store: Any, draft_id: str) -> dict[str, float]:
     return {"vsr": dv / max(n, 1), "bicubic": db / max(n, 1), "vsr_minus_bicubic": (dv - db) / max(n, 1)}
 
 
+# Wan2.2-T2V-A14B's transformer/config.json (each of its two experts has this shape).
+A14B_EXPERT = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+                   out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
+                   cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+
+
+def gpu_bench() -> None:
+    """Costs on a CUDA GPU at the real shapes (random weights: cost only, never quality)."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from upscale.vsr import Lanczos, TiledVSR
+
+    if not torch.cuda.is_available():
+        sys.exit("--gpu needs a CUDA GPU; none is visible to torch here")
+    dev = torch.device("cuda")
+    print(f"GPU: {torch.cuda.get_device_name(dev)}; torch {torch.__version__}")
+
+    def timed(fn: Any, repeats: int = 2) -> float:
+        fn()  # the first call pays kernel selection and allocation
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / repeats
+
+    frames, width, height = 81, 1280, 720
+    lat = (1, 16, 1 + (frames - 1) // 4, height // 8, width // 8)
+    x = torch.randn(lat, device=dev, dtype=torch.bfloat16)
+
+    def expert_step() -> tuple[float, float, float]:
+        """(seconds per step, peak GiB, billions of params); the expert is freed on return."""
+        torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: fp32 first would need 57 GB
+        with dev:
+            expert: Any = WanTransformer3DModel(**A14B_EXPERT).eval()
+        torch.set_default_dtype(torch.float32)
+        t = torch.tensor([900.0], device=dev)
+        text = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
+        torch.cuda.reset_peak_memory_stats(dev)
+        with torch.inference_mode():
+            step = timed(lambda: expert(x, t, text, return_dict=False))
+        return step, torch.cuda.max_memory_allocated(dev) / 2**30, sum(p.numel() for p in expert.parameters()) / 1e9
+
+    step, peak, params = expert_step()
+    torch.cuda.empty_cache()
+    tokens = lat[2] * (lat[3] // 2) * (lat[4] // 2)
+    print(f"A14B-shaped expert ({params:.1f}B params, bf16), {frames} frames {width}x{height} "
+          f"({tokens} tokens): {step:.2f} s per step, peak {peak:.1f} GiB")
+
+    vae: Any = AutoencoderKLWan().to(dev, torch.bfloat16).eval()  # the Wan 2.1 VAE's configuration
+    torch.cuda.reset_peak_memory_stats(dev)
+    with torch.inference_mode():
+        decode = timed(lambda: vae.decode(x, return_dict=False), repeats=1)
+    print(f"Wan 2.1 VAE decode, {frames} frames {width}x{height}: {decode:.2f} s "
+          f"({decode / frames * 1000:.0f} ms/frame), peak {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB")
+
+    vsr = TiledVSR(Lanczos(), (width, height), (3840, 2160))
+    frame = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
+    start = time.perf_counter()
+    for _ in range(3):
+        vsr.upscale([frame])
+    print(f"VSR (Lanczos, CPU) {width}x{height} -> 3840x2160: {(time.perf_counter() - start) / 3:.2f} s/frame")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=16, help="L: frames of the shorter job (default 16)")
     parser.add_argument("--format", default="prores")
     parser.add_argument("--resolution", default="uhd")
+    parser.add_argument("--gpu", action="store_true", help="time the real shapes on a CUDA GPU instead")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--flicker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.gpu:
+        sys.path.insert(0, str(REPO))
+        gpu_bench()
+        return
     if args.child is not None:
         print(json.dumps(child(args.child, args.format, args.resolution, args.home, args.flicker)))
         return
