@@ -13,9 +13,10 @@ file:
   replayed over the finished segments' latent frames (decode is cheap next to
   refine) but nothing finished is upscaled or encoded again.
 
-Everything is deterministic on CPU (seeded noise, fixed plan, fixed encoder
-settings), so a job killed at any point and resumed writes a file that is
-byte-identical to an uninterrupted run's.
+Everything is deterministic on CPU (seeded noise, a pinned plan, segment
+length and torch thread count, fixed encoder settings), so a job killed at any
+point and resumed writes a file that is byte-identical to an uninterrupted
+run's.
 
 States: queued -> running -> done | failed | cancelled.  A process that runs a
 job holds its ``flock`` (released by the kernel if the process dies), so
@@ -24,6 +25,7 @@ job holds its ``flock`` (released by the kernel if the process dies), so
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -70,7 +72,7 @@ UNIT_DELAY_ENV = "PREVIZ_JOB_UNIT_DELAY_S"
 @dataclass(frozen=True)
 class Progress:
     job_id: str
-    stage: str  # refine | vsr | encode | join
+    stage: str  # refine (steps) | vsr (frames) | encode (segments)
     unit: int  # finished units of this stage
     units: int
     eta_s: float | None
@@ -284,15 +286,19 @@ class JobRunner:
         if done:
             self.say(f"job {job.id}: resuming delivery at segment {first_todo} of {len(segments)}")
         frames = model.decode(latents, plan.frames)
+        window: collections.deque[np.ndarray] = collections.deque(maxlen=vsr.upscaler.temporal_window)
         started = time.monotonic()
         first_frame = sum(n for i, (_, n) in enumerate(segments) if i in done)
         for j, (start, count) in enumerate(segments):
             if j in done:
                 for _ in range(count):
-                    next(frames)  # replay the causal decoder; nothing is upscaled or encoded again
+                    # Replay the causal decoder; nothing is upscaled or encoded again, but a
+                    # temporal VSR's window is refilled, so the next frame sees what it saw before.
+                    window.append(next(frames))
                 continue
             self._check_cancelled(job.id)
-            upscaled = self._vsr_frames(job.id, vsr, frames, count, start, plan.frames, started, first_frame)
+            upscaled = self._vsr_frames(job.id, vsr, frames, window, count, start, plan.frames, started,
+                                        first_frame)
             if fmt.sequence:
                 directory = work / f"deliver/seg{j:05d}"
                 shutil.rmtree(directory, ignore_errors=True)  # a half-written segment from a killed run
@@ -313,11 +319,12 @@ class JobRunner:
             join_segments([work / f"deliver/seg{j:05d}{fmt.ext}" for j in range(len(segments))], target, fmt, meta)
         return target
 
-    def _vsr_frames(self, job_id: str, vsr: TiledVSR, frames: Iterator[np.ndarray], count: int, start: int,
-                    total: int, started: float, first: int) -> Iterator[np.ndarray]:
+    def _vsr_frames(self, job_id: str, vsr: TiledVSR, frames: Iterator[np.ndarray],
+                    window: collections.deque[np.ndarray], count: int, start: int, total: int, started: float,
+                    first: int) -> Iterator[np.ndarray]:
         for k in range(count):
-            out = vsr.upscale([next(frames)])
-            yield out
+            window.append(next(frames))
+            yield vsr.upscale(list(window))
             self._progress(job_id, "vsr", start + k + 1, total, started, first)
 
 
