@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,49 @@ def test_a_version_1_store_migrates_and_keeps_its_queued_jobs(tmp_path):
     db = sqlite3.connect(root / drafts_mod.DB_NAME)
     assert db.execute("PRAGMA user_version").fetchone()[0] == drafts_mod.SCHEMA_VERSION == 2
     db.close()
+
+
+@dataclass(frozen=True)
+class WindowedLanczos:
+    """A test upscaler with a temporal window (the mean of the last 3 frames, then Lanczos).
+
+    Not a VSR and never offered as one: it exists to show that a resumed delivery
+    refills a temporal window exactly as an uninterrupted run fills it.
+    """
+
+    name: str = "test-windowed-lanczos"
+    label: str = "test only"
+    trained: bool = False
+    temporal_window: int = 3
+    margin: int = 4
+
+    def __call__(self, crops, box, size):
+        from upscale.vsr import Lanczos
+
+        return Lanczos()([sum(crops) / len(crops)], box, size)
+
+
+def test_a_crash_mid_delivery_with_a_temporal_window_resumes_to_the_same_bytes(tmp_path, test_pack, final_pack,
+                                                                                cache_dir):
+    root = tmp_path / "a"
+    with DraftStore(root) as store:
+        draft = make_stored_draft(store, test_pack, cache_dir, seconds=0.2)  # 6 frames: 3 segments of 2
+        job = store.promote(draft.id, {"format": "prores", "size": SIZE, "resolution": "hd"})
+    shutil.copytree(root, tmp_path / "b")
+    with DraftStore(tmp_path / "b") as ref:
+        reference = Path(JobRunner(ref, segment_frames=2, upscaler=WindowedLanczos()).run(job.id).output).read_bytes()
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_the_first_segment(event) -> None:
+        if event.stage == "encode" and event.unit == 1:
+            raise Crash("the machine went down")
+
+    with DraftStore(root) as store:
+        with pytest.raises(Crash):
+            JobRunner(store, segment_frames=2, upscaler=WindowedLanczos(),
+                      on_progress=crash_after_the_first_segment).run(job.id)
+        assert store.job(job.id).state == "failed" and sorted(store.units(job.id, "deliver")) == [0]
+        done = JobRunner(store, upscaler=WindowedLanczos()).run(job.id, resume=True)  # its pinned segment length
+        assert Path(done.output).read_bytes() == reference

@@ -58,7 +58,7 @@ from upscale.encode import (
 )
 from upscale.final_pack import FINAL_PACK_ID, open_final_pack
 from upscale.refine import FinalModel, Refine, RefinePlan, RefineState, handoff_kind
-from upscale.vsr import TiledVSR, upscaler_for
+from upscale.vsr import TiledVSR, Upscaler, upscaler_for
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ class JobRunner:
 
     def __init__(self, store: DraftStore, *, device: str = "cpu", segment_frames: int = SEGMENT_FRAMES,
                  threads: int | None = None, on_progress: Callable[[Progress], None] | None = None,
-                 say: Callable[[str], None] = lambda _msg: None, stop: threading.Event | None = None) -> None:
+                 say: Callable[[str], None] = lambda _msg: None, stop: threading.Event | None = None,
+                 upscaler: Upscaler | None = None) -> None:
         if segment_frames < 1:
             raise JobError(f"segment_frames = {segment_frames}: expected at least 1", field="segment_frames",
                            value=segment_frames)
@@ -115,6 +116,7 @@ class JobRunner:
         self.segment_frames = segment_frames
         self.threads = threads  # torch CPU threads; None: whatever this process has
         self.stop = stop  # set by a shutting-down server: the job fails at its next unit, resumable
+        self.upscaler = upscaler or upscaler_for("lanczos")  # the only one until a trained VSR pack lands
         self._delay = float(os.environ.get(UNIT_DELAY_ENV, "0") or 0)
         self._models: dict[str, FinalModel] = {}
 
@@ -204,7 +206,7 @@ class JobRunner:
 
         latents = self._refine(job, draft, model, plan, work)
         resolution = delivery_size(options.get("resolution", "uhd"))
-        vsr = TiledVSR(upscaler_for("lanczos"), (plan.width, plan.height), resolution)
+        vsr = TiledVSR(self.upscaler, (plan.width, plan.height), resolution)
         meta = DeliveryMeta(
             draft_id=draft.id, job_id=job.id, recipe=draft.recipe, fps=plan.fps,
             timecode=options.get("timecode", DEFAULT_TIMECODE),
