@@ -262,6 +262,10 @@ def test_promote_options(store):
     ({"format": "gif"}, "format"), ({"resolution": "8k"}, "resolution"),
     ({"strength": 0}, "strength"), ({"strength": 1.5}, "strength"), ({"strength": True}, "strength"),
     ({"strength": math.nan}, "strength"), ({"strength": "0.5"}, "strength"),
+    ({"size": "1280x721"}, "size"), ({"size": "1280"}, "size"), ({"size": [1280, 720]}, "size"),
+    ({"timecode": "1:00:00:00"}, "timecode"),
+    # Local-only options: a page's client may not name a pack directory or an output directory.
+    ({"pack": "/tmp/evil-pack"}, "options"), ({"output_dir": "/etc"}, "options"),
 ])
 def test_promote_validates_options_before_changing_anything(store, options, field):
     draft = add_draft(store)
