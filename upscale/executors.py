@@ -23,7 +23,8 @@ from previz.errors import BackendUnavailableError, PrevizError
 
 EXECUTORS = ("local", "ray")
 # What a Ray worker needs to find the same packs and code as this process.
-FORWARDED_ENV = ("PREVIZ_HOME", "PREVIZ_PACKS", "PYTHONPATH", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+FORWARDED_ENV = ("PREVIZ_HOME", "PREVIZ_PACKS", "PYTHONPATH", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM",
+                 "PREVIZ_JOB_UNIT_DELAY_S")  # the last: fault injection, set only by the crash tests
 
 
 @dataclass(frozen=True)
