@@ -95,6 +95,30 @@ def test_latent_handoff_keeps_the_draft_at_low_strength(final_model):
     assert np.corrcoef(x.ravel(), up.ravel())[0, 1] > 0.2
 
 
+def test_streamed_pixel_handoff_equals_diffusers_whole_clip_encode(final_model):
+    """Chunk by chunk with a carried cache, never the whole clip, and the same latents as vae.encode()."""
+    import torch
+    import torch.nn.functional as F
+
+    from previz.sampler import chunk_noise
+    from upscale.refine import FINAL_NOISE_STREAM
+
+    m = final_model
+    plan = m.plan(RECIPE, frames=7, fps=30, width=64, height=32, strength=0.5, handoff="pixel")
+    frames = [np.random.default_rng(i).random((24, 40, 3), dtype=np.float32) for i in range(7)]
+    x = m.start_from_frames(plan, iter(frames))  # an iterator: it is read once, frame by frame
+    video = F.interpolate(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2), size=(32, 64), mode="bicubic",
+                          antialias=True).clamp(0, 1)
+    video = torch.cat([video, video[-1:].expand(2, -1, -1, -1)])  # 7 frames padded to 1 + 4k = 9
+    with torch.inference_mode():
+        z = m.vae.encode((video * 2 - 1).permute(1, 0, 2, 3)[None]).latent_dist.mode()
+    x0 = ((z - m.latents_mean) / m.latents_std).numpy()
+    sigma = plan.sigmas[0]
+    expected = (1 - sigma) * x0 + sigma * chunk_noise(3, FINAL_NOISE_STREAM, x0.shape)
+    assert x.shape == (1, 16, 3, 4, 8)
+    np.testing.assert_allclose(x, expected, atol=1e-5)
+
+
 def test_pixel_handoff_encodes_frames_with_the_final_vae(final_model):
     plan = final_model.plan(RECIPE, frames=5, fps=30, width=64, height=32, strength=0.5, handoff="pixel")
     frames = [np.full((32, 64, 3), v, np.float32) for v in (0.1, 0.3, 0.5, 0.7, 0.9)]

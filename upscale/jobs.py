@@ -254,7 +254,7 @@ class JobRunner:
             if plan.handoff == "latent":
                 x = model.start_from_latents(plan, self.store.load_latents(draft.id))
             else:
-                x = model.start_from_frames(plan, list(read_take(self.store.file_path(draft.id, TAKE))))
+                x = model.start_from_frames(plan, read_take(self.store.file_path(draft.id, TAKE)))
             self._checkpoint(job.id, work, 0, x)
             last = 0
         refine = Refine(model.model(draft.recipe, plan), plan, RefineState(last, x))

@@ -24,7 +24,7 @@ memory and they swap once, at the boundary (:class:`ExpertPlacement`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,17 +215,51 @@ class FinalModel:
         return self._renoise(plan, x0)
 
     @torch.inference_mode()
-    def start_from_frames(self, plan: RefinePlan, frames: list[np.ndarray]) -> np.ndarray:
-        """Pixel handoff: the draft's frames resized to the final size and encoded by the final VAE."""
-        video = torch.from_numpy(np.stack(frames)).float()  # [F, H, W, 3] in [0, 1]
-        video = video.permute(0, 3, 1, 2)  # [F, 3, H, W]
-        video = F.interpolate(video, size=(plan.height, plan.width), mode="bicubic", align_corners=False,
-                              antialias=True).clamp(0, 1)
-        # The causal VAE encodes 1 + 4k frames; repeat the last frame up to that count.
+    def start_from_frames(self, plan: RefinePlan, frames: Iterable[np.ndarray]) -> np.ndarray:
+        """Pixel handoff: the draft's frames resized to the final size and encoded by the final VAE.
+
+        Streamed in the VAE's own causal chunks (one frame, then ``temporal`` at
+        a time, its cache carried between them, as diffusers' ``_encode`` runs),
+        so the draft is never held whole at the final size: memory stays flat
+        in clip length on this path too.  A clip short of ``1 + 4k`` frames is
+        padded with its last frame.
+        """
+        vae = self.vae
         need = self.pack.latent.video_frames(plan.latent_frames)
-        video = torch.cat([video, video[-1:].expand(max(0, need - len(video)), -1, -1, -1)])[:need]
-        x = (video * 2 - 1).permute(1, 0, 2, 3)[None].to(self.device)  # [1, 3, F, H, W] in [-1, 1]
-        z = self.vae.encode(x).latent_dist.mode().float().cpu()
+        cache: list[Any] = [None] * vae._cached_conv_counts["encoder"]
+        means: list[torch.Tensor] = []
+        batch: list[torch.Tensor] = []
+        last: torch.Tensor | None = None
+        count = 0
+
+        def resized(frame: np.ndarray) -> torch.Tensor:
+            image = torch.from_numpy(np.ascontiguousarray(frame, np.float32)).permute(2, 0, 1)[None]
+            image = F.interpolate(image, size=(plan.height, plan.width), mode="bicubic", align_corners=False,
+                                  antialias=True).clamp(0, 1)
+            return image[0] * 2 - 1  # [3, H, W] in [-1, 1]
+
+        def flush() -> None:
+            x = torch.stack(batch, dim=1)[None].to(self.device)  # [1, 3, n, H, W]
+            moments = vae.quant_conv(vae.encoder(x, feat_cache=cache, feat_idx=[0]))  # a 1x1x1 conv: stateless
+            means.append(moments[:, : vae.config.z_dim].float().cpu())  # the posterior's mode is its mean
+            batch.clear()
+
+        for frame in frames:
+            if count == need:
+                break
+            last = resized(frame)
+            batch.append(last)
+            count += 1
+            if len(batch) == (1 if not means else self.pack.latent.temporal):
+                flush()
+        if last is None:
+            raise PackError("the draft has no frames to hand over", field="draft", value=0)
+        while count < need:
+            batch.append(last)
+            count += 1
+            if len(batch) == (1 if not means else self.pack.latent.temporal):
+                flush()
+        z = torch.cat(means, dim=2)
         x0 = ((z - self.latents_mean) / self.latents_std).numpy()
         return self._renoise(plan, x0)
 
@@ -333,8 +367,11 @@ class FinalModel:
                                    tile_sample_stride_height=stride, tile_sample_stride_width=stride)
         else:
             self.vae.disable_tiling()
-        with torch.inference_mode():
-            z = torch.from_numpy(np.ascontiguousarray(latents, np.float32)) * self.latents_std + self.latents_mean
-            video = self.vae.decode(z.to(self.device), return_dict=False)[0]
+        try:
+            with torch.inference_mode():
+                z = torch.from_numpy(np.ascontiguousarray(latents, np.float32)) * self.latents_std + self.latents_mean
+                video = self.vae.decode(z.to(self.device), return_dict=False)[0]
+        finally:
+            self.vae.disable_tiling()  # the VAE is shared: leave it as it was
         return ((video[0].permute(1, 2, 3, 0).float().cpu().numpy() + 1) * 0.5).astype(np.float32)
 
