@@ -20,6 +20,13 @@ def test_a_promoted_draft_renders_in_the_background_with_progress_events(test_pa
         draft_id = client.event("take_done")["draft_id"]
         client.send(type="approve", draft_id=draft_id)
         client.event("draft")
+        # Bad options are typed protocol errors naming the field, and change nothing.
+        for options, field in (({"strength": 2}, "strength"), ({"format": "gif"}, "format"),
+                               ({"output_dir": "/etc"}, "options")):
+            client.send(type="promote", draft_id=draft_id, options=options)
+            error = client.event("error")
+            assert (error["code"], error["field"], error["request"]) == ("draft_error", field, "promote")
+        assert server.store.get(draft_id).state == "approved" and server.store.jobs() == []
         client.send(type="promote", draft_id=draft_id,
                     options={"format": "prores", "size": "128x64", "resolution": "hd"})
         queued = client.event("job_queued")

@@ -21,8 +21,16 @@ import torch
 from previz.atomic import atomic_dir
 from previz.errors import PackError, UnknownPackError
 from previz.pack_builder import MINILM_DIM, install_lock, minilm_component
-from previz.packs import MANIFEST_NAME, Component, FinalDefaults, LatentLayout, Pack, hash_component_dir, load_pack
-from previz.packs import write_manifest as _write_manifest
+from previz.packs import (
+    MANIFEST_NAME,
+    Component,
+    FinalDefaults,
+    LatentLayout,
+    Pack,
+    hash_component_dir,
+    load_pack,
+    write_manifest,
+)
 
 FINAL_PACK_ID = "previz-final-tiny"
 # The Wan VAE's own layout (16 channels, 4x8x8, causal first frame).  The space is the
@@ -94,7 +102,7 @@ def build_final_pack(
             boundary_ratio=boundary_ratio,
             final=defaults,
         )
-        _write_manifest(pack)
+        write_manifest(pack)
     return dataclasses.replace(pack, root=final_root)
 
 
