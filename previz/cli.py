@@ -200,7 +200,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not packs:
         print(f"  (none yet; the embedded {DEFAULT_PACK} is built on first use)")
     for p in packs:
-        size = f"{p.draft.width}x{p.draft.height} @ {p.draft.fps} fps" if p.draft else ""
+        native = p.draft or p.final  # a draft pack's live size, a final pack's refine size
+        size = f"{native.width}x{native.height} @ {native.fps} fps" if native else ""
         print(f"  {p.id:<20} {p.kind:<6} {p.label:<10} {p.latent.space:<16} {size}  {p.root}")
     print(f"  searched: {', '.join(str(d) for d in pack_search_dirs())}")
     print("backends:")
