@@ -202,7 +202,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for p in packs:
         native = p.draft or p.final  # a draft pack's live size, a final pack's refine size
         size = f"{native.width}x{native.height} @ {native.fps} fps" if native else ""
-        print(f"  {p.id:<20} {p.kind:<6} {p.label:<10} {p.latent.space:<16} {size}  {p.root}")
+        print(f"  {p.id:<20} {p.kind:<6} {p.label:<10} {p.latent.space:<22} {size}  {p.root}")
     print(f"  searched: {', '.join(str(d) for d in pack_search_dirs())}")
     print("backends:")
     for name, reason in available_backends().items():
