@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch is pinned on the command line too: a bare "torch" would fetch CUDA wheels.
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q "torch==2.13.0" -e ".[cpu,dev]"
+.venv/bin/python -m pip install -q "torch==2.13.0" -e ".[cpu,dev,ray]"
 
 # The embedded pack (untrained, deterministic) is built here rather than shipped:
 # random weights do not belong in git history, and the build takes seconds.
