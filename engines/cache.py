@@ -6,23 +6,21 @@ is never loaded, whatever its file name.  The key covers the ONNX sha256, the
 shape profile, the precision, the runtime version and the GPU name, so a driver
 or GPU change builds anew instead of loading an incompatible plan.
 
-Writes are atomic (temp file, fsync, rename) and the manifest is updated under
+Writes are atomic (previz.atomic: temp file, fsync, rename) and the manifest is updated under
 an exclusive file lock, so two processes building at once cannot corrupt it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from previz.atomic import atomic_write, file_lock
 from previz.errors import EngineCacheError
 
 MANIFEST = "manifest.json"
@@ -49,27 +47,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class EngineCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -77,15 +54,8 @@ class EngineCache:
 
     # ------------------------------------------------------------------ manifest
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[bool]:
+        return file_lock(self.root / ".lock")
 
     def manifest(self) -> dict[str, Any]:
         path = self.root / MANIFEST
@@ -148,17 +118,12 @@ class EngineCache:
         """One build per key, even across processes: the second waits, then loads."""
         if self.contains(key):
             return self.load(key)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".build-{key}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if self.contains(key):
-                    return self.load(key)
-                data = build()
-                self.store(key, data, meta)
-                return data
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with file_lock(self.root / f".build-{key}.lock"):
+            if self.contains(key):
+                return self.load(key)
+            data = build()
+            self.store(key, data, meta)
+            return data
 
     # ------------------------------------------------------------------ directories another runtime writes
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from engines.cache import atomic_write
 from engines.graphs import Graph
+from previz.atomic import atomic_path, atomic_write
 from previz.errors import EngineCacheError
 
 OPSET = 18  # TensorRT and its fp16 copy: the opset its ONNX parser is known to take
@@ -120,11 +120,8 @@ def to_fp16(src: Path, dst: Path) -> Path:
     converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     # Written under a temp name and renamed last: the .onnx exists only once it
     # (and its external weights, for models past protobuf's 2 GB) are complete.
-    tmp = dst.with_name(f".{dst.name}.tmp")
     big = sum(len(t.raw_data) for t in converted.graph.initializer) > EXTERNAL_DATA_BYTES
-    onnx.save(converted, str(tmp), save_as_external_data=big, location=f"{dst.name}.data")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        onnx.save(converted, str(tmp), save_as_external_data=big, location=f"{dst.name}.data")
     check_external_data(dst)
     return dst

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from engines.base import EngineInfo, cuda_device_name, module_installed, warmup_with_examples
-from engines.cache import EngineCache, atomic_write, cache_key, sha256_bytes
+from engines.cache import EngineCache, cache_key, sha256_bytes
 from engines.export import export_onnx, to_fp16
 from engines.graphs import Graph
+from previz.atomic import atomic_write
 from previz.errors import BackendUnavailableError
 
 

@@ -1,4 +1,4 @@
-"""`previz draft | models | export | build-engine`.
+"""`previz draft | serve | drafts | jobs | camera | models | export | build-engine`.
 
 Every user error is a :class:`PrevizError`: printed as one line, exit status 2,
 no traceback.  Anything else is a bug and keeps its traceback.
@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from previz.drafts_cli import add_drafts_parser, add_output_flags
 from previz.errors import PrevizError, UnknownPackError
+from previz.jobs_cli import add_jobs_parser
 from previz.recipe import DEFAULT_PACK, Recipe
 
 EXIT_USER_ERROR = 2
@@ -261,7 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = DraftStore(args.store or default_store_root())
     config = ServeConfig(
         host=args.host, port=args.port, max_clients=args.max_clients, allowed_hosts=tuple(args.allow_host),
-        limits=SessionLimits(image_format=args.image_format),
+        limits=SessionLimits(image_format=args.image_format), run_jobs=args.jobs,
     )
     backends = [name for name, reason in available_backends().items() if reason is None]
     try:
@@ -297,8 +298,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not packs:
         print("  (none found)")
     for p in packs:
-        size = f"{p.draft.width}x{p.draft.height} @ {p.draft.fps} fps" if p.draft else ""
-        print(f"  {p.id:<20} {p.kind:<6} {p.label:<10} {p.latent.space:<16} {size}  {p.root}")
+        native = p.draft or p.final  # a draft pack's live size, a final pack's refine size
+        size = f"{native.width}x{native.height} @ {native.fps} fps" if native else ""
+        print(f"  {p.id:<20} {p.kind:<6} {p.label:<10} {p.latent.space:<22} {size}  {p.root}")
     print(f"  searched: {', '.join(str(d) for d in pack_search_dirs())}")
     print("backends:")
     for name, reason in available_backends().items():
@@ -404,9 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another Host name clients may use (e.g. the machine's DNS name)")
     s.add_argument("--max-clients", type=int, default=16)
     s.add_argument("--image-format", choices=["jpeg", "webp"], default="jpeg")
+    s.add_argument("--no-jobs", dest="jobs", action="store_false",
+                   help="do not render queued final jobs in the background (`previz jobs run` does it then)")
     s.set_defaults(func=cmd_serve)
 
     add_drafts_parser(sub)
+    add_jobs_parser(sub)
 
     c = sub.add_parser("camera", help="write a camera path as .chan (Nuke/Blender) or .json")
     c.add_argument("camera", nargs="?", metavar="PRESET[:SPEED]", help="a preset (default static)")

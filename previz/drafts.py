@@ -20,12 +20,10 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 import secrets
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -35,11 +33,21 @@ from typing import Any
 
 import numpy as np
 
-from previz.errors import DraftError, InvalidTransitionError, OutputError, UnknownDraftError
+from previz.atomic import atomic_copy, fsync_dir
+from previz.errors import DraftError, InvalidTransitionError, OutputError, UnknownDraftError, UnknownJobError
 from previz.packs import previz_home
 
 DRAFT_STATES = ("draft", "approved", "rejected", "promoted")
-JOB_STATES = ("queued",)  # the final stage (a later issue) adds running/done/failed
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+# Which job states may follow which.  running -> running is a resume of a run whose process
+# died (its lock is free); failed -> running is a resume after an error.  done and cancelled are final.
+JOB_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "queued": ("running", "cancelled"),
+    "running": ("running", "done", "failed", "cancelled"),
+    "failed": ("running", "cancelled"),
+    "done": (),
+    "cancelled": (),
+}
 # States a filmmaker sets directly; "promoted" is reached only through promote(),
 # which also queues the final render, and nothing leaves it.
 SETTABLE_STATES = ("draft", "approved", "rejected")
@@ -47,13 +55,18 @@ SETTABLE_STATES = ("draft", "approved", "rejected")
 FINAL_FORMATS = ("prores", "h265", "png", "exr")
 FINAL_RESOLUTIONS = ("hd", "uhd", "dci4k")
 DEFAULT_JOB_OPTIONS: dict[str, Any] = {"format": "prores", "resolution": "uhd"}
+# Options only the local command line may set: they name things on this machine
+# (a pack directory, an output directory), which a page's client never may.
+LOCAL_JOB_OPTIONS = ("pack", "output_dir")
+_SIZE = re.compile(r"^([1-9][0-9]{1,3})x([1-9][0-9]{1,3})$")
+_TIMECODE = re.compile(r"^[0-9]{2}:[0-5][0-9]:[0-5][0-9]:[0-9]{2}$")
 
 TAKE, THUMB, LATENTS = "take.mp4", "thumb.jpg", "latents.safetensors"
 FILE_NAMES = (TAKE, THUMB, LATENTS)
 THUMB_MAX_WIDTH = 256
 
 DB_NAME = "drafts.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_LIST = 1000
 # A files directory without a row is swept on open only once it is this old: another
 # process (the server) may be writing a draft's files right now, row not yet inserted.
@@ -86,6 +99,22 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_by_draft ON jobs (draft_id);
 CREATE INDEX jobs_by_state ON jobs (state, created);
 """
+# Version 2 (the final stage): a job's progress, error and output, and its finished units
+# (refine checkpoints, delivery segments), each a file written atomically before its row.
+_SCHEMA_2 = """
+ALTER TABLE jobs ADD COLUMN updated REAL;
+ALTER TABLE jobs ADD COLUMN error TEXT;
+ALTER TABLE jobs ADD COLUMN output TEXT;
+ALTER TABLE jobs ADD COLUMN progress TEXT;
+CREATE TABLE job_units (
+    job_id   TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    stage    TEXT NOT NULL,
+    idx      INTEGER NOT NULL CHECK (idx >= 0),
+    file     TEXT NOT NULL,
+    finished REAL NOT NULL,
+    PRIMARY KEY (job_id, stage, idx)
+);
+"""
 
 
 def default_store_root() -> Path:
@@ -99,6 +128,13 @@ def _new_id(prefix: str) -> str:
 def new_draft_id() -> str:
     """An id for a draft about to be added (the CLI names its output file after it before rendering)."""
     return _new_id("d")
+
+
+def check_job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        shown = job_id if isinstance(job_id, str) and len(job_id) <= 40 else type(job_id).__name__
+        raise UnknownJobError(f"no job {shown!r}: a job id is 'j' and 16 hex digits", field="job_id", value=job_id)
+    return job_id
 
 
 def check_draft_id(draft_id: Any) -> str:
@@ -116,14 +152,6 @@ def _json(field: str, value: Any) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise DraftError(f"{field} is not JSON-safe: {exc}", field=field, value=None) from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -163,6 +191,10 @@ class Job:
     created: float
     state: str
     options: dict[str, Any]
+    updated: float | None = None
+    error: str | None = None  # why it failed, one line
+    output: str | None = None  # the delivery, once done
+    progress: dict[str, Any] | None = None  # {"stage", "unit", "units", "eta_s"}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,16 +203,32 @@ class Job:
             "created": self.created,
             "state": self.state,
             "options": dict(self.options),
+            "updated": self.updated,
+            "error": self.error,
+            "output": self.output,
+            "progress": dict(self.progress) if self.progress else None,
         }
 
+    def to_public_dict(self) -> dict[str, Any]:
+        """What a page's client sees: the delivery's file name, never this machine's paths."""
+        out = self.to_dict()
+        out["output"] = Path(self.output).name if self.output else None
+        out["options"].pop("output_dir", None)
+        out["options"].pop("pack", None)
+        return out
 
-def check_job_options(options: dict[str, Any] | None) -> dict[str, Any]:
-    """Final-render options with the defaults filled in; DraftError naming the bad field otherwise."""
+
+def check_job_options(options: dict[str, Any] | None, *, local: bool = False) -> dict[str, Any]:
+    """Final-render options with the defaults filled in; DraftError naming the bad field otherwise.
+
+    ``local``: the caller is this machine's command line, which may also name a
+    final pack and an output directory (LOCAL_JOB_OPTIONS); a page's client may not.
+    """
     if options is None:
         return dict(DEFAULT_JOB_OPTIONS)
     if not isinstance(options, dict):
         raise DraftError("final-render options must be an object", field="options", value=None)
-    allowed = ("format", "resolution", "strength")
+    allowed = ("format", "resolution", "strength", "size", "timecode") + (LOCAL_JOB_OPTIONS if local else ())
     for key in options:
         if key not in allowed:
             raise DraftError(f"unknown final-render option {key!r} (expected one of {', '.join(allowed)})",
@@ -198,6 +246,17 @@ def check_job_options(options: dict[str, Any] | None) -> dict[str, Any]:
         if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s) or not 0 < s <= 1:
             raise DraftError(f"strength = {s!r}: expected a number in (0, 1]", field="strength", value=s)
         out["strength"] = float(s)
+    if "size" in out:
+        m = _SIZE.match(out["size"]) if isinstance(out["size"], str) else None
+        if m is None or int(m.group(1)) % 16 or int(m.group(2)) % 16:
+            raise DraftError(f"size = {out['size']!r}: expected WIDTHxHEIGHT, both multiples of 16 (e.g. 1280x720)",
+                             field="size", value=out["size"])
+    if "timecode" in out and not (isinstance(out["timecode"], str) and _TIMECODE.match(out["timecode"])):
+        raise DraftError(f"timecode = {out['timecode']!r}: expected HH:MM:SS:FF", field="timecode",
+                         value=out["timecode"])
+    for key in LOCAL_JOB_OPTIONS:
+        if key in out and (not isinstance(out[key], str) or not out[key]):
+            raise DraftError(f"{key} must be a non-empty string", field=key, value=out[key])
     return out
 
 
@@ -292,12 +351,14 @@ class DraftStore:
             if version > SCHEMA_VERSION:
                 raise DraftError(f"the draft store {self.root} has schema {version}, newer than this previz "
                                  f"understands ({SCHEMA_VERSION}); upgrade previz", field="store", value=version)
-            if version == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+            # One step at a time, in this transaction: a new store runs every step.
+            for step, schema in ((1, _SCHEMA), (2, _SCHEMA_2)):
+                if version < step:
+                    for statement in schema.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+            if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            # Later schema versions migrate here, one step at a time, in this transaction.
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -321,7 +382,7 @@ class DraftStore:
                      frames=frames, fps=fps)
 
     _DRAFT_COLUMNS = "id, created, state, recipe, meta, frames, fps"
-    _JOB_COLUMNS = "id, draft_id, created, state, options"
+    _JOB_COLUMNS = "id, draft_id, created, state, options, updated, error, output, progress"
 
     def _fetch_draft(self, db: sqlite3.Connection, draft_id: str) -> Draft:
         row = db.execute(f"SELECT {self._DRAFT_COLUMNS} FROM drafts WHERE id = ?", (draft_id,)).fetchone()
@@ -341,7 +402,7 @@ class DraftStore:
         # cost over a second, and `previz drafts list` or a page of drafts needs none of them.
         import safetensors.numpy
 
-        from engines.cache import atomic_write
+        from previz.atomic import atomic_write
         from previz.video import write_mp4
 
         if isinstance(fps, bool) or not isinstance(fps, int) or fps <= 0:
@@ -365,7 +426,7 @@ class DraftStore:
             blob = safetensors.numpy.save({"latents": np.ascontiguousarray(latents)},
                                           metadata={"draft_id": draft_id, "latent_space": latent_space})
             atomic_write(directory / LATENTS, blob)
-            _fsync_dir(self.files)  # the directory entry itself, before a row can name it
+            fsync_dir(self.files)  # the directory entry itself, before a row can name it
             with self._write() as db:
                 created = time.time()  # taken under the lock, so created order is insert order
                 db.execute(
@@ -420,10 +481,10 @@ class DraftStore:
                 db.execute("UPDATE drafts SET state = ?, updated = ? WHERE id = ?", (state, time.time(), draft_id))
         return dataclasses.replace(current, state=state)
 
-    def promote(self, draft_id: str, options: dict[str, Any] | None = None) -> Job:
+    def promote(self, draft_id: str, options: dict[str, Any] | None = None, *, local: bool = False) -> Job:
         """Approved -> promoted, with the final-render job queued in the same transaction."""
         check_draft_id(draft_id)
-        options = check_job_options(options)
+        options = check_job_options(options, local=local)
         options_json = _json("options", options)
         with self._write() as db:
             current = self._fetch_draft(db, draft_id)
@@ -433,10 +494,10 @@ class DraftStore:
                     f"draft {draft_id} is {current.state}: only an approved draft can be promoted ({why})",
                     field="state", value={"from": current.state, "to": "promoted"})
             now = time.time()
-            job = Job(id=_new_id("j"), draft_id=draft_id, created=now, state="queued", options=options)
+            job = Job(id=_new_id("j"), draft_id=draft_id, created=now, state="queued", options=options, updated=now)
             db.execute("UPDATE drafts SET state = 'promoted', updated = ? WHERE id = ?", (now, draft_id))
-            db.execute(f"INSERT INTO jobs ({self._JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                       (job.id, draft_id, now, job.state, options_json))
+            db.execute("INSERT INTO jobs (id, draft_id, created, state, options, updated) VALUES (?, ?, ?, ?, ?, ?)",
+                       (job.id, draft_id, now, job.state, options_json, now))
         return job
 
     # builtins.list: inside this class body, a bare ``list`` would name the method above.
@@ -461,7 +522,63 @@ class DraftStore:
                 self._fetch_draft(db, draft_id)  # an unknown draft is an error, not "no jobs"
             rows = db.execute(f"SELECT {self._JOB_COLUMNS} FROM jobs {where} ORDER BY created DESC, rowid DESC",
                               params).fetchall()
-        return [Job(id=r[0], draft_id=r[1], created=r[2], state=r[3], options=json.loads(r[4])) for r in rows]
+        return [self._row_to_job(r) for r in rows]
+
+    @staticmethod
+    def _row_to_job(r: tuple[Any, ...]) -> Job:
+        return Job(id=r[0], draft_id=r[1], created=r[2], state=r[3], options=json.loads(r[4]), updated=r[5],
+                   error=r[6], output=r[7], progress=json.loads(r[8]) if r[8] else None)
+
+    def _fetch_job(self, db: sqlite3.Connection, job_id: str) -> Job:
+        row = db.execute(f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJobError(f"no job {job_id!r} in {self.root}", field="job_id", value=job_id)
+        return self._row_to_job(row)
+
+    def job(self, job_id: str) -> Job:
+        check_job_id(job_id)
+        with self._lock:
+            return self._fetch_job(self._conn(), job_id)
+
+    def set_job_state(self, job_id: str, state: str, *, error: str | None = None, output: str | None = None,
+                      allowed_from: tuple[str, ...] | None = None) -> Job:
+        """Move a job along JOB_TRANSITIONS (optionally only from ``allowed_from``), atomically."""
+        check_job_id(job_id)
+        with self._write() as db:
+            current = self._fetch_job(db, job_id)
+            ok = state in JOB_TRANSITIONS[current.state] and (allowed_from is None or current.state in allowed_from)
+            if not ok:
+                raise InvalidTransitionError(f"job {job_id} is {current.state}; it cannot become {state}",
+                                             field="state", value={"from": current.state, "to": state})
+            now = time.time()
+            progress = None if state in ("done", "cancelled") else current.progress
+            db.execute("UPDATE jobs SET state = ?, updated = ?, error = ?, output = ?, progress = ? WHERE id = ?",
+                       (state, now, error, output, _json("progress", progress) if progress else None, job_id))
+            if state in ("done", "cancelled"):
+                db.execute("DELETE FROM job_units WHERE job_id = ?", (job_id,))
+        return dataclasses.replace(current, state=state, updated=now, error=error, output=output, progress=progress)
+
+    def set_job_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET progress = ?, updated = ? WHERE id = ?",
+                       (_json("progress", progress), time.time(), job_id))
+
+    def add_unit(self, job_id: str, stage: str, index: int, file: str) -> None:
+        """Record a finished unit; its file must already be written (atomically)."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO job_units (job_id, stage, idx, file, finished) VALUES (?, ?, ?, ?, ?)",
+                       (job_id, stage, index, file, time.time()))
+
+    def units(self, job_id: str, stage: str) -> dict[int, str]:
+        """Finished units of one stage: index -> file (relative to the job's directory)."""
+        with self._lock:
+            rows = self._conn().execute("SELECT idx, file FROM job_units WHERE job_id = ? AND stage = ? ORDER BY idx",
+                                        (job_id, stage)).fetchall()
+        return {int(i): str(f) for i, f in rows}
+
+    def job_dir(self, job_id: str) -> Path:
+        """Where a job keeps its units (refine checkpoints, segments) while it runs."""
+        return self.root / "jobs" / check_job_id(job_id)
 
     # ------------------------------------------------------------------ files
 
@@ -496,27 +613,7 @@ class DraftStore:
         source = self.file_path(draft_id, TAKE)
         dest = Path(dest)
         target = check_output_path(dest / f"{draft_id}.mp4" if dest.is_dir() else dest)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".mp4")
-        except OSError as exc:
-            raise OutputError(f"cannot write {target}: {exc.strerror}", field="output", value=str(target)) from None
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an exported take is an ordinary file
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
-        except OSError as exc:
-            raise OutputError(f"cannot write {target}: {exc.strerror}", field="output", value=str(target)) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        atomic_copy(source, target)  # an OSError (full disk, read-only) becomes an OutputError
         return target
 
     # ------------------------------------------------------------------ lifecycle

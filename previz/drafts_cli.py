@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from previz.drafts import (
 )
 
 PROMPT_WIDTH = 40
-FINAL_STAGE_NOTE = "The final stage that renders queued jobs does not exist yet, so this job stays queued."
+RUN_NOTE = "Render it with `previz jobs run {job}` (a killed render resumes with `previz jobs resume {job}`)."
 
 
 def _open(args: argparse.Namespace) -> DraftStore:
@@ -104,13 +105,26 @@ def cmd_unreview(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"format": args.format, "resolution": args.resolution}
-    if args.strength is not None:
-        options["strength"] = args.strength
+    for key in ("strength", "size", "timecode", "pack"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.output is not None:
+        from upscale.encode import check_delivery_target
+
+        # Checked now, not when the job runs: a filmmaker learns of a bad directory at once.
+        check_delivery_target(args.output.resolve() / ".previz-probe")
+        options["output_dir"] = str(args.output.resolve())
     with _open(args) as store:
-        job = store.promote(args.id, options)
-    opts = ", ".join(f"{k} {v}" for k, v in sorted(job.options.items()))
-    print(f"{job.draft_id}: promoted; final-render job {job.id} is queued ({opts}).")
-    print(FINAL_STAGE_NOTE)
+        job = store.promote(args.id, options, local=True)
+        opts = ", ".join(f"{k} {v}" for k, v in sorted(job.options.items()))
+        print(f"{job.draft_id}: promoted; final-render job {job.id} is queued ({opts}).")
+        if args.run:
+            from upscale.jobs import JobRunner
+
+            done = JobRunner(store, say=lambda m: print(m, file=sys.stderr)).run(job.id)
+            print(f"{done.id}: done -> {done.output}")
+        else:
+            print(RUN_NOTE.format(job=job.id))
     return 0
 
 
@@ -132,6 +146,24 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace an existing file, and allow a name that does not end in .mp4")
     parser.add_argument("--mkdir", action="store_true", help="create the output's missing directories")
+
+
+def add_promote_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=FINAL_FORMATS, default=DEFAULT_JOB_OPTIONS["format"],
+                   help="delivery format (default %(default)s)")
+    p.add_argument("--resolution", choices=FINAL_RESOLUTIONS, default=DEFAULT_JOB_OPTIONS["resolution"],
+                   help="delivery size: uhd 3840x2160, dci4k 4096x2160, hd 1920x1080 (default %(default)s)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="refinement strength in (0, 1]: how far the final may move from the draft (default 0.6)")
+    p.add_argument("--size", default=None, metavar="WxH",
+                   help="refine size before VSR, e.g. 1280x720 (default: the final pack's)")
+    p.add_argument("--timecode", default=None, metavar="HH:MM:SS:FF", help="start timecode (default 01:00:00:00)")
+    p.add_argument("--pack", default=None,
+                   help="final pack name or directory (default: the embedded previz-final-tiny)")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
+                   help="directory for the delivery (default: $PREVIZ_HOME/drafts/finals)")
+    p.add_argument("--run", action="store_true", help="render the job now, in this process")
+    p.set_defaults(func=cmd_promote)
 
 
 def add_drafts_parser(sub: Any) -> None:
@@ -160,14 +192,10 @@ def add_drafts_parser(sub: Any) -> None:
     with_id(dsub.add_parser("unreview", parents=[common], help="return an approved or rejected draft to draft")
             ).set_defaults(func=cmd_unreview)
 
-    p = with_id(dsub.add_parser("promote", parents=[common],
-                                help="queue an approved draft for the final 4K render"))
-    p.add_argument("--format", choices=FINAL_FORMATS, default=DEFAULT_JOB_OPTIONS["format"],
-                   help="delivery format (default %(default)s)")
-    p.add_argument("--resolution", choices=FINAL_RESOLUTIONS, default=DEFAULT_JOB_OPTIONS["resolution"],
-                   help="delivery size (default %(default)s)")
-    p.add_argument("--strength", type=float, default=None, help="refinement strength in (0, 1]")
-    p.set_defaults(func=cmd_promote)
+    # `previz drafts promote` and, as the issue names it, `previz promote`: one parser, two places.
+    for where in (dsub, sub):
+        add_promote_options(with_id(where.add_parser("promote", parents=[common],
+                                                     help="queue an approved draft for the final 4K render")))
 
     p = with_id(dsub.add_parser("export", parents=[common], help="copy a draft's MP4 out of the store"))
     p.add_argument("-o", "--output", type=Path, required=True, metavar="PATH",

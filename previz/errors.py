@@ -87,3 +87,15 @@ class InvalidTransitionError(DraftError):
     """A state change a draft's current state does not allow (e.g. un-promoting)."""
 
     code = "invalid_transition"
+
+
+class UnknownJobError(DraftError, LookupError):
+    """No final-render job by that id; also any malformed job id."""
+
+    code = "unknown_job"
+
+
+class JobError(PrevizError):
+    """A final-render job cannot run as asked (already running, its pack changed, cancelled)."""
+
+    code = "job_error"

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from previz.atomic import atomic_dir, file_lock
 from previz.blockout import control_channels
 from previz.errors import PackError, UnknownPackError
 from previz.packs import (
@@ -107,17 +103,16 @@ def build_draft_pack(
 def save_draft_pack(root: Path, *, pack_id: str, latent: LatentLayout, draft: DraftDefaults, denoiser: Any,
                     decoder: Any, text_tokens: int, camera: bool, control_scale: int | None, trained: bool,
                     description: str, extra: dict[str, Any] | None = None) -> Pack:
-    """Write a draft pack (models by ``save_pretrained``, then the manifest) and move it into ``root``.
+    """Write a draft pack (models by ``save_pretrained``, then the manifest) into ``root``.
 
-    The pack is built beside the target and renamed into place, so a half-built
-    pack is never visible.  ``extra`` goes into the manifest's ``training`` record.
+    ``extra`` goes into the manifest's ``training`` record.
     """
     final_root = Path(root)
     if final_root.exists() and any(final_root.iterdir()) and not (final_root / MANIFEST_NAME).is_file():
         raise PackError(f"refusing to build a pack into {final_root}: it holds files and is not a pack")
-    final_root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final_root.parent, prefix=f".{final_root.name}.building-"))
-    try:
+    # Built beside the target and renamed into place (previz.atomic), so a half-built pack is never
+    # visible; the install lock keeps two builders in one directory from interleaving.
+    with install_lock(final_root), atomic_dir(final_root) as tmp:
         denoiser.save_pretrained(tmp / "transformer", safe_serialization=True)
         decoder.save_pretrained(tmp / "decoder", safe_serialization=True)
         components = {
@@ -139,27 +134,12 @@ def save_draft_pack(root: Path, *, pack_id: str, latent: LatentLayout, draft: Dr
                     label="trained" if trained else "untrained", description=description, draft=draft,
                     conditioning=conditioning, training=dict(extra or {}))
         write_manifest(pack)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a pack is an ordinary directory
-        with _locked(final_root):
-            if final_root.exists():
-                shutil.rmtree(final_root)
-            os.replace(tmp, final_root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dataclasses.replace(pack, root=final_root)
 
 
-@contextlib.contextmanager
-def _locked(root: Path, purpose: str = "install") -> Iterator[None]:
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.{purpose}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def install_lock(root: Path, purpose: str = "install") -> contextlib.AbstractContextManager[bool]:
+    """The lock that serialises building (or first-use checking) of the pack at ``root``."""
+    return file_lock(root.parent / f".{root.name}.{purpose}.lock")
 
 
 # ----------------------------------------------------------------------------- the embedded pack
@@ -186,13 +166,14 @@ def build_tiny_pack(root: Path, seed: int = 0) -> Pack:
     return build_draft_pack(
         root, pack_id=TINY_PACK_ID, latent=TINY_LATENT, draft=TINY_DRAFT, transformer=TINY_TRANSFORMER,
         decoder_channels=TINY_DECODER_CHANNELS, text_tokens=64, seed=seed,
-        description="Deterministic seeded weights, UNTRAINED: drafts are noise until the backlot pack lands.",
+        description="Deterministic seeded weights, UNTRAINED: drafts are noise (for tests; the default is the "
+                    "trained previz-backlot).",
     )
 
 
 def ensure_tiny_pack(target: Path, say: Any = print) -> Pack:
     """The embedded pack at ``target``, built once even when several processes start together."""
-    with _locked(target, "ensure"):  # a second process waits here, then finds the pack built
+    with install_lock(target, "ensure"):  # a second process waits here, then finds the pack built
         try:
             return load_pack(str(target))
         except UnknownPackError:

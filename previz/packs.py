@@ -124,6 +124,25 @@ class DraftDefaults:
 
 
 @dataclass(frozen=True)
+class FinalDefaults:
+    """A final pack's sampling defaults (the Wan 2.2 A14B pipeline's, for a real pack).
+
+    ``guidance`` is the high-noise expert's classifier-free guidance scale and
+    ``guidance_2`` the low-noise expert's, as ``WanPipeline`` takes them.
+    """
+
+    width: int
+    height: int
+    fps: int
+    steps: int
+    shift: float
+    guidance: float = 1.0
+    guidance_2: float = 1.0
+    size_multiple: int = 16
+    text_tokens: int = 64  # tokens the text encoder's states are padded to
+
+
+@dataclass(frozen=True)
 class Component:
     """One model in a pack.
 
@@ -157,6 +176,7 @@ class Pack:
     draft: DraftDefaults | None = None
     conditioning: dict[str, Any] = field(default_factory=dict)
     boundary_ratio: float | None = None  # final packs: where the high-noise expert hands over
+    final: FinalDefaults | None = None  # final packs: sampling defaults
     scale: int | None = None  # vsr packs
     training: dict[str, Any] = field(default_factory=dict)  # how trained weights were made (steps, clips, hours)
 
@@ -254,6 +274,13 @@ def parse_manifest(data: Any, root: Path) -> Pack:
             raise PackError(f"{where} draft: context_frames must be >= 0 and smaller than window_frames")
         if draft.shift <= 0 or draft.guidance < 1 or draft.max_seconds <= 0:
             raise PackError(f"{where} draft: shift and max_seconds must be positive, guidance at least 1")
+    final: FinalDefaults | None = None
+    if "final" in data:
+        final = _dataclass_from(FinalDefaults, data["final"], f"{where} final")
+        _positive(f"{where} final", width=final.width, height=final.height, fps=final.fps, steps=final.steps,
+                  size_multiple=final.size_multiple, text_tokens=final.text_tokens)
+        if final.shift <= 0 or final.guidance < 1 or final.guidance_2 < 1:
+            raise PackError(f"{where} final: shift must be positive, guidance and guidance_2 at least 1")
     components = _require(data, "components", where)
     if not isinstance(components, dict):
         raise PackError(f"{where}: components must be an object")
@@ -316,6 +343,7 @@ def parse_manifest(data: Any, root: Path) -> Pack:
         draft=draft,
         conditioning=dict(conditioning),
         boundary_ratio=boundary,
+        final=final,
         scale=data.get("scale"),
         training=dict(training),
     )
@@ -347,6 +375,8 @@ def manifest_dict(pack: Pack) -> dict[str, Any]:
         out["draft"] = dataclasses.asdict(pack.draft)
     if pack.boundary_ratio is not None:
         out["boundary_ratio"] = pack.boundary_ratio
+    if pack.final:
+        out["final"] = dataclasses.asdict(pack.final)
     if pack.scale is not None:
         out["scale"] = pack.scale
     if pack.training:

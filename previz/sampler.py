@@ -61,6 +61,45 @@ def guided(cond: Model, uncond: Model, scale: float) -> Model:
     return model
 
 
+def experts(high: Model, low: Model, boundary_timestep: float) -> Model:
+    """A two-expert MoE as one model: ``high`` while t >= boundary, ``low`` below (Wan 2.2 A14B).
+
+    The rule is diffusers' ``WanPipeline``: ``boundary_timestep = boundary_ratio
+    * num_train_timesteps``, decided per call from the timestep of the frames
+    being denoised (the largest one: clean context tokens sit at 0).  Each
+    expert comes wrapped in its own guidance (:func:`guided`).
+    """
+
+    def model(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return high(x, t) if float(np.max(t)) >= boundary_timestep else low(x, t)
+
+    return model
+
+
+def strength_sigmas(steps: int, shift: float, strength: float) -> np.ndarray:
+    """The tail of :func:`flow_sigmas` that an image-to-image pass at ``strength`` runs.
+
+    As diffusers' video-to-video pipelines: ``round(steps * strength)`` of the
+    ``steps`` are run, starting from the noise level where they begin, so
+    strength 1 is a full generation and small strengths keep the input.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    sigmas = flow_sigmas(steps, shift)
+    run = max(1, min(steps, round(steps * strength)))
+    return sigmas[steps - run:]
+
+
+def renoise(x0: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndarray:
+    """A clean latent taken to noise level ``sigma`` along the flow (the scheduler's ``scale_noise``)."""
+    return ((1.0 - sigma) * x0 + sigma * noise).astype(np.float32)
+
+
+def euler_step(model: Model, x: np.ndarray, sigma: float, sigma_next: float, timestep: np.ndarray) -> np.ndarray:
+    """One Euler step along the flow; the whole state to checkpoint between steps is ``x``."""
+    return (x + (sigma_next - sigma) * model(x, timestep)).astype(np.float32)
+
+
 def sample_window(
     model: Model,
     noise: np.ndarray,

@@ -56,6 +56,7 @@ class ServeConfig:
     token: str | None = None  # None: generated when the bind is not loopback
     socket_send_buffer: int | None = None  # bytes the kernel may hold per client (None: the OS default)
     limits: SessionLimits = field(default_factory=SessionLimits)
+    run_jobs: bool = False  # render queued final jobs in a background worker (`previz serve` turns it on)
 
 
 def is_loopback(host: str) -> bool:
@@ -81,11 +82,18 @@ class PrevizServer:
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self.port = config.port
+        self.jobs: Any = None  # upscale.jobs.BackgroundJobs, when config.run_jobs
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self.worker.start()
+        self._loop = asyncio.get_running_loop()
+        if self.config.run_jobs:
+            from upscale.jobs import BackgroundJobs  # imported only when asked: torch-heavy final stage
+
+            self.jobs = BackgroundJobs(self.store, self._job_event).start()
         self._server = await serve(
             self._connection,
             self.config.host,
@@ -110,11 +118,24 @@ class PrevizServer:
         for session in list(self.sessions.values()):
             session.close()
         await asyncio.to_thread(self.worker.stop)
+        if self.jobs is not None:
+            await asyncio.to_thread(self.jobs.stop)  # after its current unit; the job stays resumable
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
         await asyncio.to_thread(self.encode_executor.shutdown, wait=True)
         await asyncio.to_thread(self.store_executor.shutdown, wait=True)  # drafts in flight are kept
+
+    def _job_event(self, kind: str, job: Any, progress: dict[str, Any] | None) -> None:
+        """From the job worker's thread: tell every client (jobs are the machine's, not a session's)."""
+        text = protocol.event(kind, job=job.to_public_dict(), progress=progress)
+
+        def broadcast() -> None:
+            for session in list(self.sessions.values()):
+                session.send_event(text)
+
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(broadcast)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -171,6 +192,7 @@ class PrevizServer:
             store_executor=self.store_executor, encode_executor=self.encode_executor,
             limits=self.config.limits, backends=self.backends,
         )
+        session.background_jobs = self.jobs is not None
         self.sessions[session.id] = session
         sock = ws.transport.get_extra_info("socket")
         if self.config.socket_send_buffer and sock is not None:

@@ -83,6 +83,7 @@ class Session:
         self.authenticated = False
         self.wakeup = asyncio.Event()
         self.closed = False
+        self.background_jobs = False  # the server renders queued jobs itself (job_* events follow)
 
     # ------------------------------------------------------------------ outbox (event loop thread)
 
@@ -217,11 +218,13 @@ class Session:
 
     async def _on_promote(self, message: Message) -> None:
         job = await self._store(self.store.promote, message.fields["draft_id"], message.fields["options"])
-        self.send_event(protocol.event(
-            "job_queued", message.id, job=job.to_dict(),
-            message="Promotion recorded: the job is queued. The final stage that renders queued jobs "
-                    "(MoE refine, 4K upscale, delivery encode) is not built yet, so it stays queued.",
-        ))
+        if self.background_jobs:
+            text = ("Promotion recorded: the job is queued, and this server renders it in the background "
+                    "(MoE refine, 4K upscale, delivery encode); its progress follows.")
+        else:
+            text = (f"Promotion recorded: the job is queued. This server does not render jobs (it runs with "
+                    f"--no-jobs), so it stays queued until `previz jobs run {job.id}` renders it.")
+        self.send_event(protocol.event("job_queued", message.id, job=job.to_public_dict(), message=text))
         draft = await self._store(self.store.get, message.fields["draft_id"])
         self.send_event(protocol.event("draft", None, draft=await self._draft_dict(draft)))
 
@@ -241,7 +244,7 @@ class Session:
     async def _draft_dict(self, draft: Any) -> dict[str, Any]:
         out: dict[str, Any] = draft.to_dict()
         jobs = await self._store(self.store.jobs, draft_id=draft.id)
-        out["jobs"] = [j.to_dict() for j in jobs]
+        out["jobs"] = [j.to_public_dict() for j in jobs]
         return out
 
     # ------------------------------------------------------------------ takes

@@ -1,10 +1,12 @@
 """A take: recipe in, 30 fps frames out, chunk by chunk.
 
 :class:`DraftModel` holds what is expensive to set up (the text encoder and the
-two engines for one pack, backend and size).  :meth:`DraftModel.generate` is a
-generator: each window is denoised, then decoded one latent frame at a time,
-and frames are yielded as soon as they exist.  A caller stops a take by
-setting ``cancel`` (checked between chunks) or by simply not asking for more.
+two engines for one pack, backend and size).  :class:`Take` is one take as an
+explicit step whose whole state is the next chunk and the context latents;
+:meth:`DraftModel.generate` is the generator over it: each window is denoised,
+then decoded one latent frame at a time, and frames are yielded as soon as
+they exist.  A caller stops a take by setting ``cancel`` (checked between
+chunks) or by simply not asking for more.
 """
 
 from __future__ import annotations
@@ -230,72 +232,114 @@ class DraftModel:
         stats: TakeStats | None = None,
     ) -> Iterator[Frame]:
         """Frames of one take, in order.  ``on_chunk`` receives each chunk's kept latents."""
-        recipe = resolve(dataclasses.replace(recipe, backend=self.backend), self.pack)
-        if (recipe.width, recipe.height) != (self.width, self.height):
-            raise ValueError(
-                f"this DraftModel runs at {self.width}x{self.height}; the recipe asks {recipe.width}x{recipe.height}"
-            )
-        assert self.pack.draft is not None and recipe.steps is not None and recipe.shift is not None
-        stats = stats if stats is not None else TakeStats()
-        layout = self.pack.latent
-        total_frames = frame_count(recipe, self.fps)
-        total_latents = layout.latent_frames(total_frames)
-        chunks = plan_chunks(total_latents, self.pack.draft.window_frames, self.pack.draft.context_frames)
-        sigmas = flow_sigmas(recipe.steps, recipe.shift)
-        lat_h, lat_w = layout.latent_size(self.width, self.height)
-
-        window = self.pack.draft.window_frames
-        camera_window = self.camera_conditioning(recipe)
-        control_window = self.control_conditioning(recipe)
-        prompt = self.text(recipe.prompt)
-        negative = self.text(recipe.negative_prompt) if recipe.guidance != 1.0 else None
-
-        emitted = 0
-        previous: np.ndarray | None = None  # clean latents of the last window
-        for chunk in chunks:
+        take = Take(self, recipe, stats)
+        while not take.done:
             if cancel is not None and cancel.is_set():
-                stats.cancelled = True
+                take.stats.cancelled = True
                 return
-            noise = chunk_noise(recipe.seed, chunk.index, (1, layout.channels, chunk.new, lat_h, lat_w))
-            extra: dict[str, np.ndarray] = {}
-            if camera_window is not None:
-                extra["camera"] = camera_window(chunk.start - chunk.context, window)
-            if control_window is not None:
-                start = time.perf_counter()
-                extra["control"] = control_window(chunk.start - chunk.context, window)
-                stats.control_s += time.perf_counter() - start
-            model = self._model(prompt, extra, stats)
-            if negative is not None:
-                model = guided(model, self._model(negative, extra, stats), float(recipe.guidance or 1.0))
-            context = None if chunk.context == 0 or previous is None else previous[:, :, -chunk.context:]
-            clean = sample_window(model, noise, sigmas, context=context, tokens_per_frame=self.tokens_per_frame)
-            previous = clean if context is None else np.concatenate([context, clean], axis=2)
-            kept = clean[:, :, : chunk.keep]
+            chunk, kept, frames = take.step()
             if on_chunk is not None:
                 on_chunk(chunk, kept)
-            for j in range(chunk.keep):
-                latent_index = chunk.start + j
-                start = time.perf_counter()
-                images = self.decoder.run({"latents": np.ascontiguousarray(kept[:, :, j])})["frames"]
-                stats.decoder_calls += 1
-                stats.decode_s += time.perf_counter() - start
-                if layout.causal_first_frame and latent_index == 0:
-                    images = images[-1:]  # the first causal latent frame holds one video frame
-                for image in images:
-                    if emitted == total_frames:
-                        break
-                    if stats.first_frame_s is None:
-                        stats.first_frame_s = time.perf_counter() - stats.started
-                    yield Frame(
-                        index=emitted,
-                        chunk=chunk.index,
-                        pts=emitted,
-                        image=to_uint8(image),
-                        last=emitted == total_frames - 1,
-                    )
-                    emitted += 1
-                    stats.frames = emitted
-            stats.chunks_done += 1
+            yield from frames
+            take.stats.chunks_done += 1
+
+
+@dataclass
+class TakeState:
+    """All a take carries from one chunk boundary to the next: small, explicit, checkpointable.
+
+    The frame index is not state: it follows from the chunk (see :meth:`Take.first_frame`).
+    """
+
+    next_chunk: int = 0
+    context: np.ndarray | None = None  # the last window's clean latents, the next window's context
+
+
+class Take:
+    """One take as an explicit step, the same shape as a final job's refine: ``state`` plus ``step()``.
+
+    Each :meth:`step` denoises the next chunk, advances the state, and returns
+    the chunk, its kept latents and a lazy iterator of its frames (decoded one
+    latent frame at a time, so the first frames leave before the chunk's last).
+    A take built with a saved :class:`TakeState` carries on from that chunk with
+    exactly the frames an uninterrupted take would have made.
+    """
+
+    def __init__(self, model: DraftModel, recipe: Recipe, stats: TakeStats | None = None,
+                 state: TakeState | None = None) -> None:
+        self.model = model
+        self.recipe = recipe = resolve(dataclasses.replace(recipe, backend=model.backend), model.pack)
+        if (recipe.width, recipe.height) != (model.width, model.height):
+            raise ValueError(
+                f"this DraftModel runs at {model.width}x{model.height}; the recipe asks {recipe.width}x{recipe.height}"
+            )
+        draft = model.pack.draft
+        assert draft is not None and recipe.steps is not None and recipe.shift is not None
+        self.stats = stats if stats is not None else TakeStats()
+        self.state = state or TakeState()
+        self.layout = model.pack.latent
+        self.total_frames = frame_count(recipe, model.fps)
+        self.chunks = plan_chunks(self.layout.latent_frames(self.total_frames), draft.window_frames,
+                                  draft.context_frames)
+        self.sigmas = flow_sigmas(recipe.steps, recipe.shift)
+        self.window = draft.window_frames
+        self.camera_window = model.camera_conditioning(recipe)
+        self.control_window = model.control_conditioning(recipe)
+        self.prompt = model.text(recipe.prompt)
+        self.negative = model.text(recipe.negative_prompt) if recipe.guidance != 1.0 else None
+
+    @property
+    def done(self) -> bool:
+        return self.state.next_chunk >= len(self.chunks)
+
+    def first_frame(self, chunk: Chunk) -> int:
+        """Index of the chunk's first video frame: the frames of every latent frame before it."""
+        return min(self.total_frames, self.layout.video_frames(chunk.start)) if chunk.start else 0
+
+    def step(self) -> tuple[Chunk, np.ndarray, Iterator[Frame]]:
+        model, layout, stats = self.model, self.layout, self.stats
+        chunk = self.chunks[self.state.next_chunk]
+        lat_h, lat_w = layout.latent_size(model.width, model.height)
+        noise = chunk_noise(self.recipe.seed, chunk.index, (1, layout.channels, chunk.new, lat_h, lat_w))
+        first = chunk.start - chunk.context  # the window's first latent frame, context included
+        extra: dict[str, np.ndarray] = {}
+        if self.camera_window is not None:
+            extra["camera"] = self.camera_window(first, self.window)
+        if self.control_window is not None:
+            start = time.perf_counter()
+            extra["control"] = self.control_window(first, self.window)
+            stats.control_s += time.perf_counter() - start
+        velocity = model._model(self.prompt, extra, stats)
+        if self.negative is not None:
+            velocity = guided(velocity, model._model(self.negative, extra, stats), float(self.recipe.guidance or 1.0))
+        previous = self.state.context
+        context = None if chunk.context == 0 or previous is None else previous[:, :, -chunk.context:]
+        clean = sample_window(velocity, noise, self.sigmas, context=context, tokens_per_frame=model.tokens_per_frame)
+        self.state = TakeState(next_chunk=self.state.next_chunk + 1,
+                               context=clean if context is None else np.concatenate([context, clean], axis=2))
+        kept = clean[:, :, : chunk.keep]
+        return chunk, kept, self._frames(chunk, kept)
+
+    def _frames(self, chunk: Chunk, kept: np.ndarray) -> Iterator[Frame]:
+        model, layout, stats = self.model, self.layout, self.stats
+        emitted = self.first_frame(chunk)
+        for j in range(chunk.keep):
+            latent_index = chunk.start + j
+            start = time.perf_counter()
+            images = model.decoder.run({"latents": np.ascontiguousarray(kept[:, :, j])})["frames"]
+            stats.decoder_calls += 1
+            stats.decode_s += time.perf_counter() - start
+            if layout.causal_first_frame and latent_index == 0:
+                images = images[-1:]  # the first causal latent frame holds one video frame
+            for image in images:
+                if emitted == self.total_frames:
+                    break
+                if stats.first_frame_s is None:
+                    stats.first_frame_s = time.perf_counter() - stats.started
+                yield Frame(index=emitted, chunk=chunk.index, pts=emitted, image=to_uint8(image),
+                            last=emitted == self.total_frames - 1)
+                emitted += 1
+                stats.frames = emitted
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

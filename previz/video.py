@@ -1,8 +1,8 @@
 """Draft takes to H.264 MP4 through PyAV, with the recipe in the container metadata.
 
-The file appears atomically: frames go to a temp file beside the target, which
-is fsynced and renamed once the encoder has flushed, so an interrupted take
-never leaves a truncated MP4 where a good one was expected.
+The file appears atomically (previz.atomic): frames go to a temp file beside the
+target, which is fsynced and renamed once the encoder has flushed, so an
+interrupted take never leaves a truncated MP4 where a good one was expected.
 
 Frames are converted RGB -> YUV with the BT.709 matrix into limited range, and
 the stream is tagged so (primaries, transfer, matrix, range): players and
@@ -11,10 +11,8 @@ compositors then read the colours as they were made instead of guessing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import av
 import numpy as np
 
+from previz.atomic import atomic_path
 from previz.errors import InputFileError, OutputError
 
 RECIPE_TAG = "comment"  # a standard MP4 tag: ffprobe and most players show it
@@ -96,15 +95,8 @@ def write_mp4(
 ) -> int:
     """Encode RGB uint8 frames [H, W, 3]; returns the number written."""
     path = check_output_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror}", field="output", value=str(path)) from None
-    os.close(fd)
-    tmp = Path(tmp_name)
     count = 0
-    try:
+    with atomic_path(path, suffix=".mp4") as tmp:
         with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
             container.metadata.update(metadata_tags(meta))
             stream: Any = None
@@ -129,23 +121,6 @@ def write_mp4(
             if stream is None:
                 raise ValueError("no frames to write")
             container.mux(stream.encode(None))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a take is an ordinary file
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror}", field="output", value=str(path)) from None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return count
 
 

@@ -156,3 +156,47 @@ def backlot_server(backlot_pack, tmp_path, cache_dir):
     server = LiveServer(backlot_pack, tmp_path / "drafts", cache_dir)
     yield server
     server.close()
+
+
+# ----------------------------------------------------------------------------- the final stage
+
+
+@pytest.fixture(scope="session")
+def final_pack() -> Pack:
+    """The embedded final pack, built where the CLI looks for it (so subprocesses find it too)."""
+    from previz.packs import user_packs_dir
+    from upscale.final_pack import FINAL_PACK_ID, ensure_final_pack
+
+    return ensure_final_pack(user_packs_dir() / FINAL_PACK_ID, say=lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def latent_draft_pack() -> Pack:
+    """A draft pack in the final pack's latent space (Wan layout, causal first frame): latent handoff."""
+    from upscale.final_pack import FINAL_LATENT
+
+    root = Path(os.environ["PREVIZ_PACKS"]) / "previz-test-wanspace"
+    if root.exists():
+        shutil.rmtree(root)
+    make_test_pack(root, pack_id="previz-test-wanspace", latent=FINAL_LATENT, seed=1)
+    return load_pack("previz-test-wanspace")
+
+
+def make_stored_draft(store, pack: Pack, cache_dir: Path, *, seconds: float = 0.1, seed: int = 5,
+                      approve: bool = True):
+    """A real take from ``pack`` (torch backend), stored as a draft like the server stores one."""
+    import numpy as np
+
+    from previz.recipe import Recipe, resolve
+    from previz.take import DraftModel
+
+    model = DraftModel(pack, "torch", cache_dir=cache_dir)
+    recipe = resolve(Recipe(prompt="a red cube on a sandy plain", seed=seed, seconds=seconds,
+                            camera={"preset": "orbit_left"}), pack)
+    latents: list = []
+    frames = [f.image for f in model.generate(recipe, on_chunk=lambda _c, lat: latents.append(lat))]
+    draft = store.add(recipe=recipe.to_dict(), meta=model.metadata(recipe), frames=frames,
+                      latents=np.concatenate(latents, axis=2), fps=model.fps)
+    if approve:
+        store.set_state(draft.id, "approved")
+    return draft

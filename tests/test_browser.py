@@ -272,7 +272,8 @@ def sent_after(page, before: int, kind: str) -> dict:
 
 
 def object_buttons(page) -> list[str]:
-    return [t.strip() for t in page.eval_on_selector_all("#scene-objects button", "els => els.map((e) => e.textContent)")]
+    texts = page.eval_on_selector_all("#scene-objects button", "els => els.map((e) => e.textContent)")
+    return [t.strip() for t in texts]
 
 
 def map_point(page, x: float, z: float) -> tuple[float, float]:

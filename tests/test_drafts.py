@@ -26,7 +26,7 @@ from previz.drafts import (
     DraftStore,
     default_store_root,
 )
-from previz.drafts_cli import FINAL_STAGE_NOTE, add_drafts_parser
+from previz.drafts_cli import add_drafts_parser
 from previz.errors import DraftError, InvalidTransitionError, OutputError, PrevizError, UnknownDraftError
 from previz.video import read_recipe
 
@@ -262,6 +262,10 @@ def test_promote_options(store):
     ({"format": "gif"}, "format"), ({"resolution": "8k"}, "resolution"),
     ({"strength": 0}, "strength"), ({"strength": 1.5}, "strength"), ({"strength": True}, "strength"),
     ({"strength": math.nan}, "strength"), ({"strength": "0.5"}, "strength"),
+    ({"size": "1280x721"}, "size"), ({"size": "1280"}, "size"), ({"size": [1280, 720]}, "size"),
+    ({"timecode": "1:00:00:00"}, "timecode"),
+    # Local-only options: a page's client may not name a pack directory or an output directory.
+    ({"pack": "/tmp/evil-pack"}, "options"), ({"output_dir": "/etc"}, "options"),
 ])
 def test_promote_validates_options_before_changing_anything(store, options, field):
     draft = add_draft(store)
@@ -501,8 +505,8 @@ def test_cli_review_promote_show_export(cli_store, capsys, tmp_path):
     assert run_cli(["drafts", "promote", second.id, "--format", "h265", *store_args]) == 0
     out = capsys.readouterr().out
     assert "queued" in out and "format h265" in out
-    assert FINAL_STAGE_NOTE in out
-    assert FINAL_STAGE_NOTE == "The final stage that renders queued jobs does not exist yet, so this job stays queued."
+    job_id = shown_job_id = out.split("final-render job ")[1].split()[0]
+    assert f"previz jobs run {job_id}" in out and shown_job_id.startswith("j")
 
     assert run_cli(["drafts", "show", second.id, *store_args]) == 0
     shown = json.loads(capsys.readouterr().out)

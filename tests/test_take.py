@@ -156,3 +156,24 @@ def test_bad_cameras_are_recipe_errors_naming_the_camera(test_pack):
     with pytest.raises(CameraError) as err:
         resolve(Recipe(prompt="a cube", camera={"preset": "barrel_roll"}), test_pack)
     assert err.value.field == "camera" and "barrel_roll" in err.value.message
+
+
+def test_a_take_resumes_from_its_saved_state_with_the_same_frames(torch_model):
+    """A Take's whole state between chunks is (next chunk, context latents): restarting from it changes nothing."""
+    from previz.take import Take, TakeState
+
+    recipe = Recipe(prompt="a slow dolly past a diner", seed=3, seconds=1.0)
+    whole = frames_of(torch_model, recipe)
+    first = Take(torch_model, recipe)
+    done: list[np.ndarray] = []
+    for _ in range(2):
+        _, _, frames = first.step()
+        done += [f.image for f in frames]
+    saved = TakeState(first.state.next_chunk, first.state.context.copy())
+    again = Take(torch_model, recipe, state=saved)
+    rest: list[np.ndarray] = []
+    while not again.done:
+        _, _, frames = again.step()
+        rest += [f.image for f in frames]
+    assert len(again.chunks) > 2
+    assert np.array_equal(np.stack(done + rest), whole)

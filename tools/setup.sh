@@ -9,7 +9,8 @@ fi
 # torch is pinned on the command line too: a bare "torch" would fetch CUDA wheels.
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # setuptools' "Editable installation" banner is advice for package authors, not for someone installing previz.
-PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[cpu,dev]"
+# The ray extra is for the tests (the Ray executor runs against a real local instance); users need not install it.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[cpu,dev,ray]"
 
 # The default pack, previz-backlot, is trained and ships inside the package
 # (previz/packs_builtin); the untrained previz-tiny is built only when asked for.

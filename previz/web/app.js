@@ -231,6 +231,9 @@ const handlers = {
   draft: (ev) => { upsertDraft(ev.draft); showJobs(ev.draft); },
   drafts: onDrafts,
   job_queued: onJobQueued,
+  job_progress: onJobProgress,
+  job_done: (ev) => addJobLine(ev.job || {}, `finished: ${(ev.job || {}).output || "?"}`),
+  job_failed: (ev) => addJobLine(ev.job || {}, `failed: ${(ev.job || {}).error || "?"}`),
   error: onError,
 };
 
@@ -1093,10 +1096,18 @@ function actOnSelected(type, extra = {}) {
 }
 
 function onJobQueued(ev) {
-  // Say exactly what the server says: the final stage does not exist yet, so jobs stay queued.
+  // Say exactly what the server says: it renders the job in the background, or it stays queued.
   const job = ev.job || {};
   addJobLine(job, ev.message || "");
   setStatus(`promotion of ${job.draft_id} queued`);
+}
+
+function onJobProgress(ev) {
+  // A final render's stage, unit i of n and ETA, as the server's job worker reports them.
+  const p = ev.progress || {};
+  const eta = p.eta_s === null || p.eta_s === undefined ? "" : ` · about ${Math.ceil(p.eta_s)} s left`;
+  const bar = p.units ? ` ${"#".repeat(Math.round(10 * p.unit / p.units)).padEnd(10, ".")}` : "";
+  addJobLine(ev.job || {}, `${p.stage || "?"} ${p.unit}/${p.units}${bar}${eta}`);
 }
 
 function addJobLine(job, message) {
