@@ -81,7 +81,9 @@ def bench_backend(pack: Any, backend: str, seconds: float, repeats: int) -> dict
     rows = []
     for i in range(repeats + 1):
         stats = TakeStats()
-        recipe = Recipe(prompt=f"a red cube on a sandy plain, take {i}", seed=i, seconds=seconds, backend=backend,
+        # three objects in view: the blockout control's cost grows with the objects
+        shot = f"two red boxes left of a tall blue pillar on sand at dusk, take {i}"
+        recipe = Recipe(prompt=shot, seed=i, seconds=seconds, backend=backend,
                         camera={"preset": "orbit_left"})
         start = time.perf_counter()
         n = sum(1 for _ in model.generate(recipe, stats=stats))

@@ -37,6 +37,10 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from previz.protocol import unpack_frame
+from previz.recipe import DEFAULT_PACK
+
+# A blocked shot with three objects: the blockout control's cost grows with the objects in view.
+SHOT = "two red boxes left of a tall blue pillar on sand at dusk"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -58,7 +62,7 @@ def engine_fps(pack_ref: str, backend: str, seconds: float) -> float:
     rates = []
     for i in range(4):
         start = time.perf_counter()
-        n = sum(1 for _ in model.generate(Recipe(prompt=f"engine take {i}", seed=i, seconds=seconds,
+        n = sum(1 for _ in model.generate(Recipe(prompt=f"{SHOT}, take {i}", seed=i, seconds=seconds,
                                                  camera={"preset": "orbit_left"})))
         if i:
             rates.append(n / (time.perf_counter() - start))
@@ -118,7 +122,7 @@ async def updates(ws_url: str, count: int) -> list[float]:
     latencies = []
     async with connect(ws_url, max_size=2**22, compression=None) as ws:
         assert json.loads(await ws.recv())["type"] == "ready"
-        await ws.send(json.dumps({"type": "generate", "recipe": {"prompt": "update bench", "seconds": 20}}))
+        await ws.send(json.dumps({"type": "generate", "recipe": {"prompt": SHOT, "seconds": 20}}))
         current, sent = None, None
         presets = ["pan_left", "dolly_in", "orbit_right", "crane_up", "zoom_in"]
         while len(latencies) < count:
@@ -148,7 +152,7 @@ async def cancels(ws_url: str, count: int) -> tuple[list[float], list[float]]:
     async with connect(ws_url, max_size=2**22, compression=None) as ws:
         assert json.loads(await ws.recv())["type"] == "ready"
         for i in range(count):
-            await ws.send(json.dumps({"type": "generate", "recipe": {"prompt": f"cancel {i}", "seconds": 20}}))
+            await ws.send(json.dumps({"type": "generate", "recipe": {"prompt": f"{SHOT}, cancel {i}", "seconds": 20}}))
             take_id, sent, last_old_frame, cancelled = None, None, None, False
             while True:
                 try:  # after take_cancelled, a second of silence means the old take has stopped
@@ -179,9 +183,9 @@ async def cancels(ws_url: str, count: int) -> tuple[list[float], list[float]]:
 async def main_async(args: argparse.Namespace, server: Server) -> dict[str, Any]:
     out: dict[str, Any] = {}
     await take(server.ws, "warm-up", 1.0)
-    one = [await take(server.ws, f"one client {i}", args.seconds) for i in range(3)]
+    one = [await take(server.ws, f"{SHOT}, one client {i}", args.seconds) for i in range(3)]
     out["one_fps"] = statistics.median(r["fps"] for r in one)
-    four = await asyncio.gather(*(take(server.ws, f"client {i}", args.seconds) for i in range(4)))
+    four = await asyncio.gather(*(take(server.ws, f"{SHOT}, client {i}", args.seconds) for i in range(4)))
     out["four_fps"] = [r["fps"] for r in four]
     lat = await updates(server.ws, args.updates)
     out["update_p50"], out["update_p95"] = percentile(lat, 0.5), percentile(lat, 0.95)
@@ -193,7 +197,7 @@ async def main_async(args: argparse.Namespace, server: Server) -> dict[str, Any]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pack", default="previz-tiny")
+    parser.add_argument("--pack", default=DEFAULT_PACK)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--updates", type=int, default=30)
