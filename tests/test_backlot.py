@@ -63,6 +63,13 @@ def test_training_resumes_from_its_checkpoint_and_exports_a_loadable_pack(train,
     pack = load_pack(str(tmp_path / "pack"))  # the same loader as every pack, hashes checked
     assert pack.trained and pack.label == "trained" and pack.training["denoiser"]["steps"] == 2
     assert pack.conditioning["control"]["kind"] == "blockout"
+    # A later session goes on from the pack alone (it is what git keeps): same weights, same counts.
+    later = train.Trainer(tmp_path / "later", cfg, torch.device("cpu"), seed=2, log=lambda _m: None)
+    later.start_from_pack(tmp_path / "pack")
+    assert all(torch.equal(v, later.denoiser.state_dict()[k]) for k, v in again.ema.state_dict().items())
+    assert later.state["denoiser"]["steps"] == 2 and later.state["next_seed"] >= again.state["next_seed"]
+    assert later.state["scaling_factor"] == pytest.approx(again.state["scaling_factor"])
+    later.train("denoiser", steps=1)
 
 
 def test_the_shipped_pack_is_the_default_trained_and_draws_the_scene():

@@ -17,6 +17,7 @@ rendered on the training device into a pool that is refreshed as it trains.
     python tools/train_backlot.py --run runs/backlot --ae-minutes 20 --denoiser-minutes 120
     python tools/train_backlot.py --run runs/backlot --denoiser-minutes 60      # resumes
     python tools/train_backlot.py --run runs/backlot --export previz/packs_builtin/previz-backlot
+    python tools/train_backlot.py --run runs/next --from-pack previz/packs_builtin/previz-backlot --denoiser-minutes 60
 
 ``--device cuda`` trains on a GPU (bf16 autocast); a few minutes there see as
 many clips as hours of two CPU cores.
@@ -276,6 +277,27 @@ class Trainer:
                             self.state["denoiser"]["steps"])
         self.pool: Pool | None = None
 
+    def start_from_pack(self, root: Path) -> None:
+        """Begin a fresh run from a trained pack: its EMA denoiser (as both the trained and the EMA
+        weights), its autoencoder and latent scale, its step and clip counts.  Adam's moments start
+        afresh (the warm-up covers that), so a pack in git is all a later session needs to go on."""
+        from previz.packs import load_component, load_pack
+
+        pack = load_pack(str(root))
+        denoiser = load_component(pack, "denoiser").state_dict()
+        self.denoiser.load_state_dict(denoiser)
+        self.ema.load_state_dict(denoiser)
+        ae = load_component(pack, "decoder")
+        self.ae.load_state_dict(ae.state_dict())
+        self.state["scaling_factor"] = float(ae.config.scaling_factor)
+        for stage, record in pack.training.items():
+            if stage in STAGES:
+                self.state[stage]["steps"] = int(record["steps"])
+                self.state[stage]["clips_seen"] = int(record["clips_seen"])
+                self.state[stage]["seconds"] = {k: float(v) * 3600 for k, v in record["device_hours"].items()}
+        self.state["next_seed"] = max(self.state["next_seed"], int(pack.training.get("next_seed", 0)))
+        self.save()
+
     def _new_denoiser(self) -> Any:
         return new_denoiser(self.cfg.latent, self.cfg.transformer, camera=True, control_scale=self.cfg.control_scale)
 
@@ -436,9 +458,11 @@ class Trainer:
         ae.register_to_config(scaling_factor=float(self.state["scaling_factor"]))
         denoiser = self._new_denoiser()
         denoiser.load_state_dict({k: v.cpu() for k, v in self.ema.state_dict().items()})
-        record = {stage: {"steps": self.state[stage]["steps"], "clips_seen": self.state[stage]["clips_seen"],
-                          "device_hours": {k: round(v / 3600, 3) for k, v in self.state[stage]["seconds"].items()}}
-                  for stage in STAGES}
+        record: dict[str, Any] = {
+            stage: {"steps": self.state[stage]["steps"], "clips_seen": self.state[stage]["clips_seen"],
+                    "device_hours": {k: round(v / 3600, 4) for k, v in self.state[stage]["seconds"].items()}}
+            for stage in STAGES}
+        record["next_seed"] = self.state["next_seed"]  # a run started from this pack draws new clips
         save_draft_pack(root, pack_id=BACKLOT_PACK_ID, latent=self.cfg.latent, draft=self.cfg.draft,
                         denoiser=denoiser.eval(), decoder=ae.eval(), text_tokens=self.cfg.text_tokens, camera=True,
                         control_scale=self.cfg.control_scale, trained=True,
@@ -467,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-dir", type=Path, default=None, help="MiniLM directory (default: the installed one)")
     parser.add_argument("--save-every", type=float, default=10.0, help="minutes between checkpoints")
     parser.add_argument("--export", type=Path, default=None, help="write the trained pack here when done")
+    parser.add_argument("--from-pack", type=Path, default=None,
+                        help="start a new --run from a trained pack (e.g. previz/packs_builtin/previz-backlot)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -480,8 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if args.from_pack and (args.run / "state.json").exists():
+        raise SystemExit(f"{args.run} already holds a run: resume it, or start from the pack in a new directory")
     trainer = Trainer(args.run, cfg, device, text_dir=args.text_dir, seed=args.seed,
                       log=lambda m: print(m, flush=True))
+    if args.from_pack:
+        trainer.start_from_pack(args.from_pack)
     if args.ae_minutes or args.ae_steps:
         trainer.train("ae", minutes=args.ae_minutes or None, steps=args.ae_steps, save_every_min=args.save_every)
     if args.decoder_minutes:
