@@ -300,7 +300,7 @@ def scene_from_prompt(prompt: str) -> Scene:
             i += rel[1]
             continue
         noun = _singular(word)
-        if noun in NOUNS and not (word == "field" or word == "square"):
+        if noun in NOUNS:
             shape, size = NOUNS[noun]
             base = size or DEFAULT_SIZES[shape]
             dims = tuple(b * scale * s for b, s in zip(base, stretch, strict=True))
@@ -398,8 +398,6 @@ def describe(scene: Scene) -> str:
     parts = []
     for obj in scene.objects:
         name = color_name(obj.color)
-        noun = {"box": "box", "sphere": "sphere", "cylinder": "cylinder", "pillar": "pillar", "cone": "cone",
-                "wall": "wall"}[obj.shape]
-        parts.append(f"a {name} {noun}" if isinstance(name, str) and not name.startswith("#") else f"a {noun}")
+        parts.append(f"a {obj.shape}" if name.startswith("#") else f"a {name} {obj.shape}")
     things = ", ".join(parts) if parts else "an empty plain"
     return f"{things} on {scene.ground} at {scene.time_of_day}"

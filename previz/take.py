@@ -196,7 +196,7 @@ class DraftModel:
         if spec is None:
             return None
         assert recipe.width and recipe.height and recipe.scene is not None
-        width, height = recipe.width // 2, recipe.height // 2
+        width, height = recipe.width // spec.scale, recipe.height // spec.scale  # as the model sees it
         path = camera_path(recipe.camera, float(recipe.seconds))
         c2w, focal = poses_to_tensors(path, np.zeros(1), width)
         with single_threaded():
