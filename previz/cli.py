@@ -183,8 +183,7 @@ def camera_spec(args: argparse.Namespace, pack: Any) -> dict[str, Any] | None:
 def cmd_camera(args: argparse.Namespace) -> int:
     """Write a camera path (a preset, a file, or a take's recipe) as .chan or .json."""
     from previz.camera import CameraError, load_camera_file, parse_spec, path_from_spec, write_chan
-    from previz.errors import OutputError
-    from previz.video import check_output_path, read_recipe
+    from previz.video import read_recipe
 
     aspect = args.aspect
     if args.take:
@@ -204,22 +203,15 @@ def cmd_camera(args: argparse.Namespace) -> int:
         text = json.dumps(path.to_dict(), indent=1) + "\n"
     else:
         raise CameraError(f"{args.output}: write .chan or .json", value=str(args.output))
-    check_output_path(args.output, overwrite=args.force, make_dirs=args.mkdir)  # the rules of draft -o
-    try:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    except OSError as exc:
-        raise OutputError(f"cannot write {args.output}: {exc.strerror}", field="output",
-                          value=str(args.output)) from None
+    write_text_output(args.output, text, force=args.force, mkdir=args.mkdir)
     print(f"wrote {args.output}: {len(path.keyframes)} keyframes over {path.duration:g} s")
     return 0
 
 
 def cmd_scene(args: argparse.Namespace) -> int:
     """Write the scene blockout of a take, or the one a prompt gives, as JSON (the form --scene reads)."""
-    from previz.errors import OutputError
     from previz.scene import parse_scene, scene_from_prompt
-    from previz.video import check_output_path, read_recipe
+    from previz.video import read_recipe
 
     if (args.prompt is None) == (args.take is None):
         raise PrevizError("give a prompt or --take TAKE.mp4 (one of them)")
@@ -232,15 +224,18 @@ def cmd_scene(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
         return 0
-    check_output_path(args.output, overwrite=args.force, make_dirs=args.mkdir)
-    try:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    except OSError as exc:
-        raise OutputError(f"cannot write {args.output}: {exc.strerror}", field="output",
-                          value=str(args.output)) from None
+    write_text_output(args.output, text, force=args.force, mkdir=args.mkdir)
     _say(f"wrote {args.output}: {len(scene.objects)} objects, {scene.ground} at {scene.time_of_day}")
     return 0
+
+
+def write_text_output(path: Path, text: str, *, force: bool, mkdir: bool) -> None:
+    """A small text file (.chan, .json) under the rules of ``draft -o``, written whole or not at all."""
+    from previz.atomic import atomic_write
+    from previz.video import check_output_path
+
+    check_output_path(path, overwrite=force, make_dirs=mkdir)
+    atomic_write(path, text.encode())  # OutputError, naming the file, if it cannot be written
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from previz.atomic import atomic_path, atomic_write
 from previz.backlot import random_shot, render_shot
 from previz.pack_builder import (
     BACKLOT_CONTROL_SCALE,
@@ -213,9 +213,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         for name in ("exp_avg", "exp_avg_sq"):
             if name in state:
                 tensors[f"opt.{i}.{name}"] = state[name].detach().to(torch.bfloat16).cpu().contiguous()
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a run killed mid-save keeps its last whole checkpoint
+        save_file(tensors, str(tmp))
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, ema: torch.nn.Module | None,
@@ -235,9 +234,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2).encode())
 
 
 # ----------------------------------------------------------------------------- training
