@@ -72,6 +72,7 @@ class Config:
     ae_batch: int = 16  # latent frames (4 video frames each) per autoencoder step
     ae_lr: float = 1e-3
     ae_latent_noise: float = 0.1
+    ae_temporal: float = 1.0  # weight of the loss on frame-to-frame change (a still shot must decode still)
     batch: int = 16  # windows per denoiser step
     lr: float = 4e-4
     warmup: int = 200
@@ -339,6 +340,10 @@ class Trainer:
             y = self.ae.decoder(z)
         y = y.float()
         loss = (y - x).abs().mean() + edge_loss(y, x) + 1e-4 * z.float().pow(2).mean()
+        if cfg.ae_temporal:  # the 4 frames of a latent frame change as the truth does, no more
+            t = cfg.latent.temporal
+            yf, xf = y.unflatten(1, (t, 3)), x.unflatten(1, (t, 3))
+            loss = loss + cfg.ae_temporal * ((yf[:, 1:] - yf[:, :-1]) - (xf[:, 1:] - xf[:, :-1])).abs().mean()
         self.ae_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.ae.parameters(), 1.0)
