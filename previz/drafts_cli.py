@@ -48,6 +48,13 @@ def _prompt(draft: Draft) -> str:
     return text if len(text) <= PROMPT_WIDTH else text[: PROMPT_WIDTH - 3] + "..."
 
 
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the last column runs free (prompts, errors)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+
+
 def _when(created: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
 
@@ -63,9 +70,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for d in drafts:
             rows.append((d.id, _when(d.created), d.state, str(d.frames), f"{d.seconds:.1f}",
                          _pack_label(d), _prompt(d)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+    print_table(rows)
     return 0
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from previz.drafts import JOB_STATES, DraftStore, default_store_root
+from previz.drafts_cli import print_table
 from previz.errors import JobError
 
 
@@ -39,13 +40,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs" + (f" in state {args.state}" if args.state else ""))
         return 0
-    rows = [("ID", "DRAFT", "STATE", "FORMAT", "UPDATED", "PROGRESS / OUTPUT / ERROR")]
+    rows: list[tuple[str, ...]] = [("ID", "DRAFT", "STATE", "FORMAT", "UPDATED", "PROGRESS / OUTPUT / ERROR")]
     for j in jobs:
         detail = j.error or j.output or _progress_text(j.progress)
         rows.append((j.id, j.draft_id, j.state, str(j.options.get("format", "")), _when(j.updated), detail or ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+    print_table(rows)
     return 0
 
 

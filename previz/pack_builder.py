@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,15 +172,20 @@ def build_tiny_pack(root: Path, seed: int = 0) -> Pack:
     )
 
 
-def ensure_tiny_pack(target: Path, say: Any = print) -> Pack:
-    """The embedded pack at ``target``, built once even when several processes start together."""
+def ensure_pack(target: Path, build: Callable[[Path], Any], pack_id: str, say: Any = print) -> Pack:
+    """The seeded pack at ``target``, built by ``build`` once even when several processes start together."""
     with install_lock(target, "ensure"):  # a second process waits here, then finds the pack built
         try:
             return load_pack(str(target))
         except UnknownPackError:
-            say(f"building the embedded pack {TINY_PACK_ID} in {target} (one time, a few seconds)")
-        build_tiny_pack(target)
+            say(f"building the embedded pack {pack_id} in {target} (one time, a few seconds)")
+        build(target)
         return load_pack(str(target))
+
+
+def ensure_tiny_pack(target: Path, say: Any = print) -> Pack:
+    """The embedded (untrained) draft pack at ``target``, built on first use."""
+    return ensure_pack(target, build_tiny_pack, TINY_PACK_ID, say)
 
 
 # ----------------------------------------------------------------------------- the backlot pack

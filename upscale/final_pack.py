@@ -20,7 +20,7 @@ import torch
 
 from previz.atomic import atomic_dir
 from previz.errors import PackError, UnknownPackError
-from previz.pack_builder import MINILM_DIM, install_lock, minilm_component
+from previz.pack_builder import MINILM_DIM, ensure_pack, install_lock, minilm_component
 from previz.packs import (
     MANIFEST_NAME,
     Component,
@@ -108,13 +108,7 @@ def build_final_pack(
 
 def ensure_final_pack(target: Path, say: Any = print) -> Pack:
     """The embedded final pack at ``target``, built once even when several processes start together."""
-    with install_lock(target, "ensure"):
-        try:
-            return load_pack(str(target))
-        except UnknownPackError:
-            say(f"building the embedded final pack {FINAL_PACK_ID} in {target} (one time, a few seconds)")
-        build_final_pack(target)
-        return load_pack(str(target))
+    return ensure_pack(target, build_final_pack, FINAL_PACK_ID, say)
 
 
 def open_final_pack(ref: str, say: Any = print) -> Pack:
