@@ -1,7 +1,11 @@
 """The Engine protocol, backend selection by name, and GPU detection.
 
-An Engine runs one graph (the denoiser or the decoder) with numpy arrays in and
-out.  Its callers (the sampler, the take loop) never learn which runtime it is.
+An Engine runs one graph (the denoiser or the decoder) with torch tensors in
+and out, on its own device: a CUDA engine takes and returns CUDA tensors, so a
+take's latents never visit the host between denoiser steps (ONNX Runtime binds
+them with IOBinding, TensorRT by address).  Its callers (the sampler, the take
+loop) never learn which runtime it is.  Numpy is for the edges (image and video
+encoding, the draft store), not for this seam.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import numpy as np
-
+from engines.errors import BackendUnavailableError
 from engines.graphs import Graph
-from previz.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    import torch
 
 # name -> module; each module exposes `unavailable_reason() -> str | None` and
 # `create(graph, cache_dir, **options) -> Engine`.
@@ -36,14 +41,17 @@ class EngineInfo:
     device: str
     precision: str
     providers: tuple[str, ...] = ()  # what the runtime actually uses, not what it lists
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. compile_s: the first (compiling) run
 
 
 @runtime_checkable
 class Engine(Protocol):
     info: EngineInfo
+    device: torch.device  # where run() wants its inputs and leaves its outputs
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Inputs of the graph's shapes and dtypes, ideally already on ``device`` (else they are moved)."""
+        ...
 
     def warmup(self) -> None: ...
 
@@ -51,8 +59,17 @@ class Engine(Protocol):
 
 
 def warmup_with_examples(engine: Engine, graph: Graph) -> None:
-    """Shared warm-up: one run on the graph's example inputs."""
-    engine.run(graph.example_inputs())
+    """Shared warm-up: one run on the graph's example inputs, made on the engine's device."""
+    engine.run(graph.example_inputs(device=engine.device))
+
+
+def release_device_memory() -> None:
+    """Hand cached, unused device memory back (after an out-of-memory error), where torch holds any."""
+    import sys
+
+    torch = sys.modules.get("torch")  # no torch imported: nothing of ours can hold device memory
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _backend_module(name: str) -> Any:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from previz.atomic import atomic_write, file_lock
-from previz.errors import EngineCacheError
+from engines.errors import EngineCacheError
 
 MANIFEST = "manifest.json"
 

@@ -19,7 +19,7 @@ import torch
 
 from engines.graphs import Graph
 from previz.atomic import atomic_path, atomic_write
-from previz.errors import EngineCacheError
+from engines.errors import EngineCacheError
 
 OPSET = 18  # TensorRT and its fp16 copy: the opset its ONNX parser is known to take
 ORT_OPSET = 23  # ONNX Runtime: native Attention / RotaryEmbedding kernels
@@ -41,7 +41,7 @@ def export_onnx(graph: Graph, cache_dir: Path, *, opset: int = OPSET) -> Path:
     if (out_dir / "export.json").is_file() and path.is_file():
         check_external_data(path)
         return path
-    args = tuple(torch.from_numpy(a) for a in graph.example_inputs().values())
+    args = tuple(graph.example_inputs().values())
     # Export into a temp dir and rename it into place, so an interrupted export
     # never leaves a half-written model that a later run would trust.
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,11 @@ onnxruntime-gpu *lists* the TensorRT and CUDA providers on a machine with no
 GPU; asking for them there only produces warnings and a silent CPU fallback.
 So we ask for GPU providers only when :func:`cuda_device_name` finds a real GPU,
 and report the providers the session actually uses.
+
+Inputs and outputs are bound with IOBinding to torch tensors' own memory (by
+``data_ptr``): on CPU that saves the numpy round trip, and with the CUDA or
+TensorRT provider the latents stay on the GPU between steps.  ORT runs the fp32
+export (its TensorRT provider builds fp16 plans from it itself).
 """
 
 from __future__ import annotations
@@ -13,13 +18,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
 from engines.base import EngineInfo, cuda_device_name, module_installed, warmup_with_examples
 from engines.cache import EngineCache, cache_key, sha256_bytes
+from engines.errors import BackendUnavailableError, DeviceOutOfMemoryError, is_out_of_memory
 from engines.export import ORT_OPSET, export_onnx
 from engines.graphs import Graph
-from previz.errors import BackendUnavailableError
+
+# ONNX tensor element types (onnx.TensorProto) of the torch dtypes a graph may declare.
+_ONNX_TYPES = {torch.float32: 1, torch.uint8: 2, torch.int32: 6, torch.int64: 7, torch.bool: 9,
+               torch.float16: 10, torch.bfloat16: 16}
+_TORCH_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16,
+                "tensor(bfloat16)": torch.bfloat16, "tensor(int64)": torch.int64, "tensor(int32)": torch.int32,
+                "tensor(bool)": torch.bool, "tensor(uint8)": torch.uint8}
 
 
 def unavailable_reason() -> str | None:
@@ -85,24 +97,52 @@ class OrtEngine:
             str(onnx_path),  # a path, so external weight files resolve beside it
             sess_options=options, providers=provider_chain(ort.get_available_providers(), gpu, trt_dir)
         )
+        providers = tuple(self.session.get_providers())
+        on_gpu = providers[0] != "CPUExecutionProvider"
+        self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
+        (meta,) = self.session.get_outputs()
+        if not all(isinstance(d, int) for d in meta.shape) or meta.type not in _TORCH_TYPES:
+            raise BackendUnavailableError(f"{onnx_path}: output {meta.name} is {meta.type} {meta.shape}; "
+                                          "previz exports static shapes of plain tensor types")
+        self._out_shape, self._out_dtype = tuple(meta.shape), _TORCH_TYPES[meta.type]
         if self._pin_key:
             # The TensorRT EP builds its plans on the first run: run once now and
             # record them, so the next start loads exactly these and nothing else.
             warmup_with_examples(self, graph)
             cache.pin_dir(self._pin_key)
-        providers = tuple(self.session.get_providers())
         self.info = EngineInfo(
             backend="onnxruntime",
             graph=graph.name,
-            device=gpu if gpu and providers[0] != "CPUExecutionProvider" else "cpu",
+            device=gpu if gpu and on_gpu else "cpu",
             precision="fp16" if providers[0] == "TensorrtExecutionProvider" else "fp32",
             providers=providers,
             details={"onnxruntime": ort.__version__, "onnx": str(onnx_path)},
         )
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: np.ascontiguousarray(inputs[k], dtype=np.float32) for k in self.graph.inputs}
-        (out,) = self.session.run([self.graph.output], feed)
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        binding = self.session.io_binding()
+        device_type, device_id = self.device.type, self.device.index or 0
+        held = []  # the bound tensors must outlive the run: ORT reads their memory, not a copy
+        for name, shape in self.graph.inputs.items():
+            value = inputs[name].to(self.device, getattr(torch, self.graph.dtype(name))).contiguous()
+            if tuple(value.shape) != tuple(shape):
+                raise ValueError(f"{self.graph.name} input {name} has shape {tuple(value.shape)}, expected {shape}")
+            held.append(value)
+            binding.bind_input(name, device_type, device_id, _ONNX_TYPES[value.dtype], list(shape), value.data_ptr())
+        # A fresh output per run: callers hold one output while asking for the next (guidance).
+        out = torch.empty(self._out_shape, dtype=self._out_dtype, device=self.device)
+        binding.bind_output(self.graph.output, device_type, device_id, _ONNX_TYPES[out.dtype], list(out.shape),
+                            out.data_ptr())
+        if device_type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # inputs made by torch kernels are complete
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # ORT's pybind errors share no useful base class; only OOM is ours to type
+            if is_out_of_memory(exc):
+                raise DeviceOutOfMemoryError(f"{self.graph.name}: out of memory on {self.device}") from exc
+            raise
+        if device_type == "cuda":
+            binding.synchronize_outputs()  # ORT's stream, not torch's: finish before torch reads `out`
         return {self.graph.output: out}
 
     def warmup(self) -> None:

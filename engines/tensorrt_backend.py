@@ -5,6 +5,10 @@ GPU only, and deliberately thin: everything that can be decided without a GPU
 shared modules that the CPU tests cover.  Written against the TensorRT 10/11
 Python API: strongly typed networks (precision lives in the ONNX graph),
 ``execute_async_v3`` with tensor addresses, and a persistent timing cache.
+
+The engine binds the caller's own CUDA tensors by address and a fresh output
+tensor per run, and enqueues on torch's current stream, so nothing is copied
+and nothing waits for the host: the take's next torch op simply follows.
 """
 
 from __future__ import annotations
@@ -13,14 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engines.base import EngineInfo, cuda_device_name, module_installed, warmup_with_examples
 from engines.cache import EngineCache, cache_key, sha256_bytes
+from engines.errors import BackendUnavailableError, DeviceOutOfMemoryError
 from engines.export import export_onnx, to_fp16
 from engines.graphs import Graph
 from previz.atomic import atomic_write
-from previz.errors import BackendUnavailableError
 
 
 def unavailable_reason() -> str | None:
@@ -94,9 +96,8 @@ class TensorRTEngine:
                 f"TensorRT could not load the {graph.name} engine (built by another TensorRT version or GPU?)"
             )
         self._context = self._engine.create_execution_context()
-        self._stream: Any = torch.cuda.Stream()
-        # Preallocated device buffers: shapes are static for a whole take.
-        self._buffers: dict[str, Any] = {}
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        self._output_shape: tuple[int, ...] = ()
         expected = {**graph.inputs, graph.output: None}
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
@@ -108,9 +109,8 @@ class TensorRTEngine:
                 raise BackendUnavailableError(f"TensorRT engine I/O {name} {shape} does not match the graph's")
             if self._engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
                 raise BackendUnavailableError(f"TensorRT engine I/O {name} is not float32 (keep_io_types failed?)")
-            buf = torch.empty(shape, dtype=torch.float32, device="cuda")
-            self._buffers[name] = buf
-            self._context.set_tensor_address(name, buf.data_ptr())
+            if not is_input:
+                self._output_shape = shape
         self.info = EngineInfo(
             backend="tensorrt",
             graph=graph.name,
@@ -120,29 +120,38 @@ class TensorRTEngine:
             details={"tensorrt": trt.__version__},
         )
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         torch = self._torch
-        with torch.cuda.stream(self._stream):
-            for name, shape in self.graph.inputs.items():
-                host = np.ascontiguousarray(inputs[name], dtype=np.float32)
-                if host.shape != tuple(shape):  # copy_ would broadcast silently
-                    raise ValueError(f"{self.graph.name} input {name} has shape {host.shape}, expected {shape}")
-                self._buffers[name].copy_(torch.from_numpy(host), non_blocking=True)
-            if not self._context.execute_async_v3(self._stream.cuda_stream):
-                raise RuntimeError(f"TensorRT execution failed for {self.graph.name}")
-            out = self._buffers[self.graph.output].cpu()
-        self._stream.synchronize()
-        return {self.graph.output: out.numpy()}
+        # Bound by address.  Freed after return, they are reused only by later work on this same
+        # stream, which runs after TensorRT's, so no synchronisation is needed.
+        held = []
+        for name, shape in self.graph.inputs.items():
+            value = inputs[name].to(self.device, torch.float32).contiguous()
+            if tuple(value.shape) != tuple(shape):
+                raise ValueError(f"{self.graph.name} input {name} has shape {tuple(value.shape)}, expected {shape}")
+            held.append(value)
+            self._context.set_tensor_address(name, value.data_ptr())
+        try:
+            out = torch.empty(self._output_shape, dtype=torch.float32, device=self.device)
+        except torch.OutOfMemoryError as exc:
+            raise DeviceOutOfMemoryError(f"{self.graph.name}: out of memory on {self.device}") from exc
+        self._context.set_tensor_address(self.graph.output, out.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self._context.execute_async_v3(stream.cuda_stream):
+            # TensorRT reports the cause to its logger only; its scratch memory is the usual one.
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if free < 256 << 20:
+                raise DeviceOutOfMemoryError(f"{self.graph.name}: TensorRT ran out of memory on {self.device}")
+            raise RuntimeError(f"TensorRT execution failed for {self.graph.name}")
+        return {self.graph.output: out}
 
     def warmup(self) -> None:
         warmup_with_examples(self, self.graph)
 
     def close(self) -> None:
         # Drop everything that holds GPU memory, context before engine.
-        self._buffers = {}
         self._context = None
         self._engine = None
-        self._stream = None
 
 
 def ensure_plan(graph: Graph, cache_dir: Path, precision: str = "fp16") -> tuple[bytes, str]:

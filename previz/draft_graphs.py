@@ -176,6 +176,8 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
         inputs=inputs,
         output="velocity",
         source_sha256=_source_hash(pack, "denoiser"),
+        dtypes=dict.fromkeys(inputs, "float32"),
+        exact=("timesteps",),  # 0..1000: bf16 rounds 999 to 1000; Wan's time embedder runs in fp32 anyway
         for_export=lambda opset: onnx_friendly(module, opset),
     )
     return graph, tokens
@@ -204,4 +206,5 @@ def build_decoder_graph(pack: Pack, width: int, height: int) -> Graph:
         inputs={"latents": (1, layout.channels, lat_h, lat_w)},
         output="frames",
         source_sha256=_source_hash(pack, "decoder"),
+        dtypes={"latents": "float32"},
     )

@@ -7,6 +7,8 @@ turns them into protocol ``error`` events.  Anything that is *not* a
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -99,3 +101,44 @@ class JobError(PrevizError):
     """A final-render job cannot run as asked (already running, its pack changed, cancelled)."""
 
     code = "job_error"
+
+
+class OutOfDeviceMemoryError(PrevizError):
+    """The GPU ran out of memory during a take: a smaller size, shorter take or window fits."""
+
+    code = "out_of_memory"
+
+
+def from_engine_error(exc: BaseException) -> PrevizError | None:
+    """The previz error an ``engines`` error stands for (None when ``exc`` is not one).
+
+    ``engines`` raises its own errors (it is a layer under previz); previz's
+    edges (the CLI, the generation worker, the final jobs) turn them into these.
+    """
+    import sys
+
+    if "engines.errors" not in sys.modules:  # nothing of engines' has run: exc cannot be one of its errors
+        return None
+    from engines import errors as engine
+
+    if not isinstance(exc, engine.EngineError):
+        return None
+    kinds: list[tuple[type[engine.EngineError], type[PrevizError]]] = [
+        (engine.BackendUnavailableError, BackendUnavailableError),
+        (engine.EngineCacheError, EngineCacheError),
+        (engine.DeviceOutOfMemoryError, OutOfDeviceMemoryError),
+    ]
+    cls = next((ours for theirs, ours in kinds if isinstance(exc, theirs)), PrevizError)
+    return cls(exc.message, field=exc.field, value=exc.value)
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Raise engines' errors as previz's, for code that calls into ``engines``."""
+    try:
+        yield
+    except Exception as exc:
+        mapped = from_engine_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc

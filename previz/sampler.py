@@ -13,6 +13,9 @@ the first frames are ready after one window.
 
 A model here is any ``Callable[[x, token_timesteps], velocity]``, k-diffusion
 style: engines, guidance and conditioning are wrapped around it by the caller.
+Everything is a torch tensor on the model's device, so a GPU take's latents
+stay on the GPU; the state ``x`` is fp32 whatever precision the model computes
+at (a bf16 velocity is promoted when it is added).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NUM_TRAIN_TIMESTEPS = 1000.0
 
 
-def flow_sigmas(steps: int, shift: float) -> np.ndarray:
+def flow_sigmas(steps: int, shift: float) -> torch.Tensor:
     """``steps + 1`` noise levels from 1 down to 0, warped by ``shift``.
 
     Shift > 1 spends more of the few steps at high noise, where a low
@@ -34,19 +38,19 @@ def flow_sigmas(steps: int, shift: float) -> np.ndarray:
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    sigmas = np.linspace(1.0, 0.0, steps + 1, dtype=np.float64)
+    sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     shifted = shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
-    return shifted.astype(np.float32)
+    return shifted.to(torch.float32)
 
 
-def token_timesteps(noise_level: np.ndarray, tokens_per_frame: int) -> np.ndarray:
+def token_timesteps(noise_level: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
     """Per-token timesteps [1, frames * tokens_per_frame] from a per-frame sigma vector.
 
     Tokens are frame-major after the patch embedding, so each frame's sigma is
     repeated once per spatial token.
     """
-    per_frame = np.asarray(noise_level, dtype=np.float32) * NUM_TRAIN_TIMESTEPS
-    return np.repeat(per_frame, tokens_per_frame)[None, :]
+    per_frame = noise_level.to(torch.float32) * NUM_TRAIN_TIMESTEPS
+    return per_frame.repeat_interleave(tokens_per_frame)[None, :]
 
 
 def guided(cond: Model, uncond: Model, scale: float) -> Model:
@@ -54,7 +58,7 @@ def guided(cond: Model, uncond: Model, scale: float) -> Model:
     if scale == 1.0:
         return cond
 
-    def model(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v_u = uncond(x, t)
         return v_u + scale * (cond(x, t) - v_u)
 
@@ -70,13 +74,13 @@ def experts(high: Model, low: Model, boundary_timestep: float) -> Model:
     expert comes wrapped in its own guidance (:func:`guided`).
     """
 
-    def model(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return high(x, t) if float(np.max(t)) >= boundary_timestep else low(x, t)
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return high(x, t) if float(t.max()) >= boundary_timestep else low(x, t)
 
     return model
 
 
-def strength_sigmas(steps: int, shift: float, strength: float) -> np.ndarray:
+def strength_sigmas(steps: int, shift: float, strength: float) -> torch.Tensor:
     """The tail of :func:`flow_sigmas` that an image-to-image pass at ``strength`` runs.
 
     As diffusers' video-to-video pipelines: ``round(steps * strength)`` of the
@@ -90,24 +94,24 @@ def strength_sigmas(steps: int, shift: float, strength: float) -> np.ndarray:
     return sigmas[steps - run:]
 
 
-def renoise(x0: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndarray:
+def renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
     """A clean latent taken to noise level ``sigma`` along the flow (the scheduler's ``scale_noise``)."""
-    return ((1.0 - sigma) * x0 + sigma * noise).astype(np.float32)
+    return ((1.0 - sigma) * x0 + sigma * noise).to(torch.float32)
 
 
-def euler_step(model: Model, x: np.ndarray, sigma: float, sigma_next: float, timestep: np.ndarray) -> np.ndarray:
+def euler_step(model: Model, x: torch.Tensor, sigma: float, sigma_next: float, timestep: torch.Tensor) -> torch.Tensor:
     """One Euler step along the flow; the whole state to checkpoint between steps is ``x``."""
-    return (x + (sigma_next - sigma) * model(x, timestep)).astype(np.float32)
+    return (x + (sigma_next - sigma) * model(x, timestep)).to(torch.float32)
 
 
 def sample_window(
     model: Model,
-    noise: np.ndarray,
-    sigmas: np.ndarray,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
     *,
-    context: np.ndarray | None,
+    context: torch.Tensor | None,
     tokens_per_frame: int,
-) -> np.ndarray:
+) -> torch.Tensor:
     """Denoise one window with Euler steps along the flow; returns the clean new frames.
 
     ``noise`` is [B, C, new, h, w]; ``context`` is [B, C, ctx, h, w] clean
@@ -115,10 +119,11 @@ def sample_window(
     """
     n_ctx = 0 if context is None else context.shape[2]
     n_new = noise.shape[2]
-    x = noise.astype(np.float32, copy=True)
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        levels = np.concatenate([np.zeros(n_ctx, np.float32), np.full(n_new, sigma, np.float32)])
-        window = x if context is None else np.concatenate([context, x], axis=2)
+    x = noise.to(torch.float32, copy=True)
+    context = None if context is None else context.to(torch.float32)
+    for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
+        levels = torch.cat([torch.zeros(n_ctx), torch.full((n_new,), sigma)]).to(x.device)
+        window = x if context is None else torch.cat([context, x], dim=2)
         velocity = model(window, token_timesteps(levels, tokens_per_frame))
         x = x + (sigma_next - sigma) * velocity[:, :, n_ctx:]
     return x
@@ -150,11 +155,13 @@ def plan_chunks(total: int, window: int, context: int) -> list[Chunk]:
     return chunks
 
 
-def chunk_noise(seed: int, chunk: int, shape: tuple[int, ...]) -> np.ndarray:
+def chunk_noise(seed: int, chunk: int, shape: tuple[int, ...], device: str | torch.device = "cpu") -> torch.Tensor:
     """Gaussian noise for one chunk: a function of (seed, chunk) alone.
 
-    Independent of backend and of how many chunks a take has, so changing the
-    length of a take never changes its beginning.
+    Independent of backend, device and of how many chunks a take has, so
+    changing the length of a take never changes its beginning.  Drawn on the
+    host with numpy's PCG64 (a GPU's generator draws other numbers than a
+    CPU's) and moved to ``device`` once per chunk.
     """
     rng = np.random.Generator(np.random.PCG64([seed, chunk]))
-    return rng.standard_normal(shape, dtype=np.float32)
+    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(device)

@@ -7,6 +7,10 @@ explicit step whose whole state is the next chunk and the context latents;
 then decoded one latent frame at a time, and frames are yielded as soon as
 they exist.  A caller stops a take by setting ``cancel`` (checked between
 chunks) or by simply not asking for more.
+
+Latents, conditioning and decoded frames are torch tensors on the engines'
+device from end to end; a frame leaves it once, as uint8, for the encoders
+(``Frame.image``), and a chunk's latents once, for the draft store.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from engines import Engine, create_engine
+from previz.errors import engine_errors
 from previz.blockout import control as blockout_control
 from previz.blockout import control_latent, poses_to_tensors, single_threaded
 from previz.camera import camera_path, plucker_latent
@@ -52,7 +57,7 @@ class Frame:
     index: int  # position in the take, from 0
     chunk: int
     pts: int  # presentation time in 1/fps units
-    image: np.ndarray  # [H, W, 3] uint8 RGB
+    image: np.ndarray  # [H, W, 3] uint8 RGB, on the host: the edge where JPEG and MP4 encoders take over
     last: bool
 
 
@@ -84,6 +89,8 @@ class DraftModel:
         text: TextEncoder | None = None,
         **engine_options: Any,
     ) -> None:
+        """``engine_options`` go to both engines: ``precision`` (fp32 | bf16 | fp16; default bf16 on
+        CUDA, fp32 on CPU), ``compile`` (torch.compile; default on CUDA), ``compile_mode``, ``device``."""
         if pack.draft is None:
             raise ValueError(f"pack {pack.id!r} is not a draft pack")
         self.pack = pack
@@ -97,13 +104,24 @@ class DraftModel:
             pack, self.width, self.height, text_tokens=self.text.tokens, text_dim=self.text.dim
         )
         self.decoder_graph = build_decoder_graph(pack, self.width, self.height)
-        self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)
-        self.decoder: Engine = create_engine(backend, self.decoder_graph, self.cache_dir, **engine_options)
+        with engine_errors():
+            self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)
+            self.decoder: Engine = create_engine(backend, self.decoder_graph, self.cache_dir, **engine_options)
+        self.device = self.denoiser.device
 
-    def warmup(self) -> None:
+    def warmup(self, progress: Callable[[str], None] | None = None) -> None:
+        """Pay every one-off cost before the first take: text encoder set-up, and each engine's first run
+        (for a compiled engine, its compile: a minute or more the first time, seconds from inductor's cache)."""
+        say = progress or (lambda _message: None)
         self.text("")  # the encoder's first call pays one-off initialisation
-        self.denoiser.warmup()
-        self.decoder.warmup()
+        for name, engine in (("denoiser", self.denoiser), ("decoder", self.decoder)):
+            compiled = "torch.compile" in engine.info.providers
+            say(f"warming up the {name} ({engine.info.backend}, {engine.info.precision}, {engine.info.device}"
+                + (", compiling: the first start takes minutes, later ones reuse the cache)" if compiled else ")"))
+            start = time.perf_counter()
+            with engine_errors():
+                engine.warmup()
+            say(f"{name} ready in {time.perf_counter() - start:.1f} s")
 
     def close(self) -> None:
         self.denoiser.close()
@@ -112,7 +130,8 @@ class DraftModel:
     def engine_info(self) -> dict[str, Any]:
         return {
             name: {"backend": e.info.backend, "device": e.info.device, "precision": e.info.precision,
-                   "providers": list(e.info.providers)}
+                   "providers": list(e.info.providers),
+                   **{k: e.info.details[k] for k in ("compile_mode", "compile_s") if k in e.info.details}}
             for name, e in (("denoiser", self.denoiser), ("decoder", self.decoder))
         }
 
@@ -129,7 +148,7 @@ class DraftModel:
 
     # ------------------------------------------------------------------ generation
 
-    def camera_conditioning(self, recipe: Recipe) -> Callable[[int, int], np.ndarray] | None:
+    def camera_conditioning(self, recipe: Recipe) -> Callable[[int, int], torch.Tensor] | None:
         """For camera packs: (first latent frame, count) -> [1, 6*T, count, h, w] Plücker maps.
 
         Built window by window, so a long take's camera never delays its first frame.
@@ -142,17 +161,17 @@ class DraftModel:
         frames = frame_count(recipe, self.fps)
         width, height = recipe.width, recipe.height
 
-        def window(first: int, count: int) -> np.ndarray:
+        def window(first: int, count: int) -> torch.Tensor:
             maps = plucker_latent(
                 path, fps=self.fps, frames=frames, width=width, height=height, temporal=layout.temporal,
                 spatial=layout.spatial, causal_first_frame=layout.causal_first_frame,
                 latents=range(first, first + count),
             )
-            return np.ascontiguousarray(maps.transpose(1, 0, 2, 3)[None])
+            return torch.from_numpy(maps).permute(1, 0, 2, 3)[None].to(self.device)
 
         return window
 
-    def control_conditioning(self, recipe: Recipe) -> Callable[[int, int], np.ndarray] | None:
+    def control_conditioning(self, recipe: Recipe) -> Callable[[int, int], torch.Tensor] | None:
         """For control packs: (first latent frame, count) -> [1, K, count, h, w] blockout control.
 
         Rendered window by window along the camera path, like the camera maps.
@@ -168,7 +187,7 @@ class DraftModel:
         width, height = recipe.width, recipe.height
         rendered: dict[int, torch.Tensor] = {}  # latent frame -> its control: windows share their context frames
 
-        def window(first: int, count: int) -> np.ndarray:
+        def window(first: int, count: int) -> torch.Tensor:
             wanted = range(first, first + count)
             missing = [i for i in wanted if i not in rendered]
             if missing:
@@ -182,7 +201,7 @@ class DraftModel:
                 for i in [i for i in rendered if i < first]:
                     del rendered[i]  # a take moves forward: earlier frames are never asked for again
             maps = torch.stack([rendered[i] for i in wanted])
-            return np.ascontiguousarray(maps.permute(1, 0, 2, 3)[None].numpy())
+            return maps.permute(1, 0, 2, 3)[None].to(self.device)
 
         return window
 
@@ -208,15 +227,16 @@ class DraftModel:
                 "depth": base64.b64encode(depth.tobytes()).decode()}
 
     def _model(
-        self, prompt_states: np.ndarray, extra: dict[str, np.ndarray], stats: TakeStats
-    ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        self, prompt_states: torch.Tensor, extra: dict[str, torch.Tensor], stats: TakeStats
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The denoiser engine as the sampler's model: (x, timesteps) -> velocity."""
         conditioning = {"text": prompt_states, **extra}
 
-        def model(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             start = time.perf_counter()
             inputs = {"latents": x, "timesteps": t, **conditioning}
-            velocity = self.denoiser.run(inputs)["velocity"]
+            with engine_errors():
+                velocity = self.denoiser.run(inputs)["velocity"]
             stats.denoiser_calls += 1
             stats.denoise_s += time.perf_counter() - start
             return velocity
@@ -231,7 +251,8 @@ class DraftModel:
         on_chunk: Callable[[Chunk, np.ndarray], None] | None = None,
         stats: TakeStats | None = None,
     ) -> Iterator[Frame]:
-        """Frames of one take, in order.  ``on_chunk`` receives each chunk's kept latents."""
+        """Frames of one take, in order.  ``on_chunk`` receives each chunk's kept latents, on the host
+        as float32 numpy (for the draft store)."""
         take = Take(self, recipe, stats)
         while not take.done:
             if cancel is not None and cancel.is_set():
@@ -239,7 +260,7 @@ class DraftModel:
                 return
             chunk, kept, frames = take.step()
             if on_chunk is not None:
-                on_chunk(chunk, kept)
+                on_chunk(chunk, kept.float().cpu().numpy())
             yield from frames
             take.stats.chunks_done += 1
 
@@ -252,7 +273,7 @@ class TakeState:
     """
 
     next_chunk: int = 0
-    context: np.ndarray | None = None  # the last window's clean latents, the next window's context
+    context: torch.Tensor | None = None  # the last window's clean latents, the next window's context
 
 
 class Take:
@@ -285,8 +306,9 @@ class Take:
         self.window = draft.window_frames
         self.camera_window = model.camera_conditioning(recipe)
         self.control_window = model.control_conditioning(recipe)
-        self.prompt = model.text(recipe.prompt)
-        self.negative = model.text(recipe.negative_prompt) if recipe.guidance != 1.0 else None
+        self.prompt = _states(model.text(recipe.prompt), model.device)
+        self.negative = (_states(model.text(recipe.negative_prompt), model.device)
+                         if recipe.guidance != 1.0 else None)
 
     @property
     def done(self) -> bool:
@@ -296,13 +318,14 @@ class Take:
         """Index of the chunk's first video frame: the frames of every latent frame before it."""
         return min(self.total_frames, self.layout.video_frames(chunk.start)) if chunk.start else 0
 
-    def step(self) -> tuple[Chunk, np.ndarray, Iterator[Frame]]:
+    def step(self) -> tuple[Chunk, torch.Tensor, Iterator[Frame]]:
         model, layout, stats = self.model, self.layout, self.stats
         chunk = self.chunks[self.state.next_chunk]
         lat_h, lat_w = layout.latent_size(model.width, model.height)
-        noise = chunk_noise(self.recipe.seed, chunk.index, (1, layout.channels, chunk.new, lat_h, lat_w))
+        noise = chunk_noise(self.recipe.seed, chunk.index, (1, layout.channels, chunk.new, lat_h, lat_w),
+                            model.device)
         first = chunk.start - chunk.context  # the window's first latent frame, context included
-        extra: dict[str, np.ndarray] = {}
+        extra: dict[str, torch.Tensor] = {}
         if self.camera_window is not None:
             extra["camera"] = self.camera_window(first, self.window)
         if self.control_window is not None:
@@ -316,17 +339,27 @@ class Take:
         context = None if chunk.context == 0 or previous is None else previous[:, :, -chunk.context:]
         clean = sample_window(velocity, noise, self.sigmas, context=context, tokens_per_frame=model.tokens_per_frame)
         self.state = TakeState(next_chunk=self.state.next_chunk + 1,
-                               context=clean if context is None else np.concatenate([context, clean], axis=2))
+                               context=clean if context is None else torch.cat([context, clean], dim=2))
         kept = clean[:, :, : chunk.keep]
         return chunk, kept, self._frames(chunk, kept)
 
-    def _frames(self, chunk: Chunk, kept: np.ndarray) -> Iterator[Frame]:
-        model, layout, stats = self.model, self.layout, self.stats
+    def _decode(self, latent: torch.Tensor) -> np.ndarray:
+        """One latent frame [1, C, h, w] -> its video frames [T, H, W, 3] uint8 on the host.
+
+        The uint8 conversion runs on the engine's device, so one small copy per
+        latent frame is all that crosses to the host.
+        """
+        with engine_errors():
+            images = self.model.decoder.run({"latents": latent})["frames"]
+        return to_uint8(images).cpu().numpy()
+
+    def _frames(self, chunk: Chunk, kept: torch.Tensor) -> Iterator[Frame]:
+        layout, stats = self.layout, self.stats
         emitted = self.first_frame(chunk)
         for j in range(chunk.keep):
             latent_index = chunk.start + j
             start = time.perf_counter()
-            images = model.decoder.run({"latents": np.ascontiguousarray(kept[:, :, j])})["frames"]
+            images = self._decode(kept[:, :, j])
             stats.decoder_calls += 1
             stats.decode_s += time.perf_counter() - start
             if layout.causal_first_frame and latent_index == 0:
@@ -336,11 +369,17 @@ class Take:
                     break
                 if stats.first_frame_s is None:
                     stats.first_frame_s = time.perf_counter() - stats.started
-                yield Frame(index=emitted, chunk=chunk.index, pts=emitted, image=to_uint8(image),
+                yield Frame(index=emitted, chunk=chunk.index, pts=emitted, image=image,
                             last=emitted == self.total_frames - 1)
                 emitted += 1
                 stats.frames = emitted
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats -> uint8, rounding half to even as ``np.rint`` does, on the images' own device."""
+    return (images.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def _states(states: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Text states (cached, read-only numpy) as a tensor on ``device``; a copy, never a view of the cache."""
+    return torch.tensor(states, dtype=torch.float32, device=device)

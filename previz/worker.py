@@ -5,6 +5,11 @@ turn, so two clients each get every other window and neither can starve the
 other.  A take that was superseded (its session sent ``update``) or cancelled
 is dropped at its next turn, which is at most one chunk away.  The worker never
 waits on a client: frames go out through callbacks that only enqueue.
+
+A take that fails fails alone.  Running out of GPU memory in particular is a
+typed error to that take's client, naming what to lower; the worker empties
+torch's cache so the memory the failed take held is there for the others, and
+goes on with the next take.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from engines.base import release_device_memory
+from engines.errors import is_out_of_memory
+from previz.errors import OutOfDeviceMemoryError, PrevizError, from_engine_error
 from previz.recipe import Recipe
 from previz.sampler import Chunk
 from previz.take import DraftModel, Frame, TakeStats
@@ -107,13 +115,22 @@ class GenerationWorker:
                 done = self._turn(job)
             except Exception as exc:  # a failed take must not take the worker down with it
                 self._finish(job)
+                job._frames_iter = None  # drops the take's device tensors before the cache is emptied
                 try:
-                    job.on_fail(job, exc)
+                    job.on_fail(job, self._typed(job, exc))
                 except Exception:
                     log.exception("reporting a failed take failed")
                 continue
             if done:
                 self._finish(job)
+
+    def _typed(self, job: TakeJob, exc: Exception) -> Exception:
+        """The error the take's client gets: previz's own, an engine's mapped to previz's, else as it is."""
+        if is_out_of_memory(exc):
+            log.warning("take %d ran out of device memory: %s", job.take_id, exc)
+            release_device_memory()
+            return out_of_memory_error(job.recipe, self.model)
+        return from_engine_error(exc) or exc
 
     def _turn(self, job: TakeJob) -> bool:
         """Advance ``job`` by one chunk; True when it has ended (finished or cancelled)."""
@@ -150,6 +167,17 @@ class GenerationWorker:
             job.on_frame(job, frame)
             if frame.last:
                 job.on_chunk(job, chunk)
+
+
+def out_of_memory_error(recipe: Recipe, model: DraftModel) -> PrevizError:
+    """What a client reads when its take did not fit in device memory: what it asked for, and what to lower."""
+    window = model.pack.draft.window_frames if model.pack.draft else None
+    return OutOfDeviceMemoryError(
+        f"out of memory on {model.denoiser.info.device} for a {recipe.width}x{recipe.height}, {recipe.seconds:g} s "
+        f"take (window of {window} latent frames): lower the size, the seconds or the pack's window "
+        "(draft.window_frames), or use --precision bf16; other takes go on",
+        field="size", value=f"{recipe.width}x{recipe.height}",
+    )
 
 
 def throughput(stats: TakeStats, fps: int) -> dict[str, Any]:

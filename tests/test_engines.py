@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from engines import available_backends, create_engine, cuda_device_name, resolve_backend
 from engines.base import Engine
+from engines.errors import BackendUnavailableError, EngineCacheError
 from engines.export import check_external_data, export_onnx, to_fp16
 from engines.onnxruntime_backend import provider_chain
-from previz.errors import BackendUnavailableError, EngineCacheError
 
 
 def test_onnxruntime_matches_torch_on_the_same_pack(torch_model, ort_model):
@@ -20,16 +21,45 @@ def test_onnxruntime_matches_torch_on_the_same_pack(torch_model, ort_model):
         engine_o = ort_model.denoiser if graph.name == "denoiser" else ort_model.decoder
         out_t = engine_t.run(inputs)[graph.output]
         out_o = engine_o.run(inputs)[graph.output]
-        assert out_t.shape == out_o.shape and out_t.dtype == out_o.dtype == np.float32
-        assert np.abs(out_t - out_o).max() <= 1e-3, graph.name
-        assert np.abs(out_t).max() > 0  # not a trivially zero graph
+        assert isinstance(out_t, torch.Tensor) and isinstance(out_o, torch.Tensor)
+        assert out_t.shape == out_o.shape and out_t.dtype == out_o.dtype == torch.float32
+        assert out_t.device == engine_t.device and out_o.device == engine_o.device
+        assert float((out_t - out_o).abs().max()) <= 1e-3, graph.name
+        assert float(out_t.abs().max()) > 0  # not a trivially zero graph
+
+
+def test_onnxruntime_binds_torch_tensors_instead_of_copying_through_numpy(ort_model, monkeypatch):
+    """The IOBinding path: inputs read from the tensors' memory, a fresh output tensor written by ORT."""
+    engine, graph = ort_model.denoiser, ort_model.denoiser_graph
+    inputs = graph.example_inputs(seed=5)
+    reference = engine.run(inputs)[graph.output].clone()
+
+    def no_numpy_feeds(*args, **kwargs):
+        raise AssertionError("session.run (numpy feeds) was called; the engine must bind tensors")
+
+    monkeypatch.setattr(engine.session, "run", no_numpy_feeds)
+    strided = {k: v.transpose(0, -1).contiguous().transpose(0, -1) for k, v in inputs.items()}  # non-contiguous
+    first = engine.run(strided)[graph.output]
+    second = engine.run(inputs)[graph.output]
+    torch.testing.assert_close(first, reference, rtol=0, atol=0)
+    assert first.data_ptr() != second.data_ptr()  # callers may hold one output while asking for the next
+    with pytest.raises(ValueError, match="shape"):
+        engine.run({**inputs, "latents": inputs["latents"][:, :, :1]})
+
+
+def test_graphs_declare_input_dtypes_and_keep_timesteps_exact(torch_model):
+    graph = torch_model.denoiser_graph
+    assert set(graph.dtypes) == set(graph.inputs) and graph.exact == ("timesteps",)
+    assert {v.dtype for v in graph.example_inputs().values()} == {torch.float32}
+    with pytest.raises(ValueError, match="unknown dtypes"):
+        type(graph)(name="g", module=graph.module, inputs={"x": (1,)}, output="y", source_sha256="0",
+                    dtypes={"x": "float64x"})
 
 
 def test_onnx_native_attention_is_the_same_arithmetic(torch_model):
-    import torch
 
     graph = torch_model.denoiser_graph
-    args = [torch.from_numpy(a) for a in graph.example_inputs(seed=4).values()]
+    args = list(graph.example_inputs(seed=4).values())
     native = graph.export_module(23)
     assert native is not graph.module and graph.export_module(18) is graph.module
     with torch.inference_mode():
@@ -113,8 +143,8 @@ def test_fp16_conversion_for_tensorrt_keeps_fp32_io_and_runs(torch_model, cache_
         fp16 = to_fp16(export_onnx(graph, cache_dir), tmp_path / f"{graph.name}.fp16.onnx")
         session = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"])
         inputs = graph.example_inputs(seed=1)
-        (out,) = session.run(None, inputs)
-        ref = engine.run(inputs)[graph.output]
+        (out,) = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        ref = engine.run(inputs)[graph.output].numpy()
         assert out.dtype == np.float32
         assert np.abs(out - ref).max() < 5e-2 * max(1.0, float(np.abs(ref).max())), graph.name
 
@@ -125,10 +155,11 @@ def test_tensorrt_matches_torch_on_gpu(torch_model, cache_dir, which):
     graph = getattr(torch_model, f"{which}_graph")
     reference = getattr(torch_model, which)
     engine = create_engine("tensorrt", graph, cache_dir)
-    inputs = graph.example_inputs(seed=2)
+    inputs = graph.example_inputs(seed=2, device="cuda")
     out = engine.run(inputs)[graph.output]
-    ref = reference.run(inputs)[graph.output]
-    assert np.abs(out - ref).max() < 5e-2 * max(1.0, float(np.abs(ref).max()))
+    ref = reference.run(inputs)[graph.output].to(out.device)
+    assert out.device.type == "cuda"  # the caller's tensors were bound; nothing came back to the host
+    assert float((out - ref).abs().max()) < 5e-2 * max(1.0, float(ref.abs().max()))
     assert engine.info.backend == "tensorrt" and engine.info.precision == "fp16"
 
 

@@ -169,7 +169,7 @@ def test_a_take_resumes_from_its_saved_state_with_the_same_frames(torch_model):
     for _ in range(2):
         _, _, frames = first.step()
         done += [f.image for f in frames]
-    saved = TakeState(first.state.next_chunk, first.state.context.copy())
+    saved = TakeState(first.state.next_chunk, first.state.context.clone())
     again = Take(torch_model, recipe, state=saved)
     rest: list[np.ndarray] = []
     while not again.done:

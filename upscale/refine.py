@@ -91,8 +91,9 @@ class Refine:
     def step(self) -> RefineState:
         i = self.state.next_step
         sigma, sigma_next = self.plan.sigmas[i], self.plan.sigmas[i + 1]
-        x = euler_step(self.model, self.state.x, sigma, sigma_next, np.array([1000.0 * sigma], np.float32))
-        self.state = RefineState(i + 1, x)
+        x = euler_step(self.model, torch.from_numpy(self.state.x), sigma, sigma_next,
+                       torch.tensor([1000.0 * sigma], dtype=torch.float32))
+        self.state = RefineState(i + 1, x.numpy())
         return self.state
 
 
@@ -265,7 +266,7 @@ class FinalModel:
 
     def _renoise(self, plan: RefinePlan, x0: np.ndarray) -> np.ndarray:
         noise = chunk_noise(plan.seed, FINAL_NOISE_STREAM, x0.shape)
-        return renoise(x0, noise, plan.sigmas[0])
+        return renoise(torch.from_numpy(x0), noise, plan.sigmas[0]).numpy()
 
     # ------------------------------------------------------------------ 2. the MoE model
 
@@ -277,17 +278,17 @@ class FinalModel:
         camera = self._camera(recipe, plan)
 
         def expert(name: str, states: torch.Tensor) -> Model:
-            def run(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 self.stats.calls[name] += 1
-                self.stats.timesteps[name].append(float(np.max(t)))
+                self.stats.timesteps[name].append(float(t.max()))
                 module = self.placement.activate(name)
                 with torch.inference_mode():
-                    latents = torch.from_numpy(x)
+                    latents = x
                     if camera is not None:
                         latents = torch.cat([latents, camera], dim=1)
-                    out = module(latents.to(self.device), torch.from_numpy(t).to(self.device),
+                    out = module(latents.to(self.device), t.to(self.device),
                                  states.to(self.device), return_dict=False)[0]
-                return out.float().cpu().numpy()
+                return out.float().cpu()
 
             return run
 
