@@ -163,6 +163,11 @@ def _env_threads() -> int | None:
 
 
 def create(graph: Graph, cache_dir: Path, **options: Any) -> OrtEngine:
+    if options.get("precision") not in (None, "auto", "fp32"):
+        raise BackendUnavailableError(
+            f"onnxruntime runs the fp32 export (its TensorRT provider picks fp16 itself); precision "
+            f"{options['precision']!r} is for the torch and tensorrt backends", field="precision",
+            value=options["precision"])
     path = export_onnx(graph, cache_dir, opset=ORT_OPSET)
     threads = options.get("threads") or _env_threads()
     return OrtEngine(graph, path, cache=EngineCache(Path(cache_dir) / "engines"), threads=threads)

@@ -180,6 +180,7 @@ def ensure_plan(graph: Graph, cache_dir: Path, precision: str = "fp16") -> tuple
 
 
 def create(graph: Graph, cache_dir: Path, **options: Any) -> TensorRTEngine:
-    precision = str(options.get("precision", "fp16"))
+    precision = str(options.get("precision") or "auto")
+    precision = "fp16" if precision == "auto" else precision  # TensorRT's own default: its fp16 kernels
     plan, _ = ensure_plan(graph, cache_dir, precision)
     return TensorRTEngine(graph, plan, precision)

@@ -34,7 +34,7 @@ def unavailable_reason() -> str | None:
 
 class TorchEngine:
     def __init__(self, graph: Graph, *, device: str = "cpu", precision: str | None = None,
-                 compile: bool | None = None, compile_mode: str = "default") -> None:
+                 compile: bool | None = None, compile_mode: str = "default", cache_dir: Path | None = None) -> None:
         self.graph = graph
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -49,6 +49,8 @@ class TorchEngine:
         self.compile_mode = compile_mode
         # The engine owns graph.module from here: moved and cast in place, no second copy of the weights.
         module = cast_module(graph.module, self.dtype).to(self.device).eval()
+        if self.compiled and cache_dir is not None:
+            inductor_cache(cache_dir)  # before torch.compile, which fixes inductor's cache directory
         self._fn: Any = torch.compile(module, mode=compile_mode) if self.compiled else module
         details: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
         if self.compiled:
@@ -100,12 +102,9 @@ def inductor_cache(cache_dir: Path) -> None:
 
 def create(graph: Graph, cache_dir: Path, **options: Any) -> TorchEngine:
     compile_ = options.get("compile")
-    engine = TorchEngine(graph, device=str(options.get("device") or _default_device()),
-                         precision=options.get("precision"), compile=None if compile_ is None else bool(compile_),
-                         compile_mode=str(options.get("compile_mode") or "default"))
-    if engine.compiled:
-        inductor_cache(cache_dir)
-    return engine
+    return TorchEngine(graph, device=str(options.get("device") or _default_device()),
+                       precision=options.get("precision"), compile=None if compile_ is None else bool(compile_),
+                       compile_mode=str(options.get("compile_mode") or "default"), cache_dir=cache_dir)
 
 
 def _default_device() -> str:

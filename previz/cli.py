@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from previz.drafts_cli import add_drafts_parser, add_output_flags
-from previz.errors import PrevizError, UnknownPackError
+from previz.errors import PrevizError, UnknownPackError, engine_errors
 from previz.jobs_cli import add_jobs_parser
 from previz.recipe import DEFAULT_PACK, Recipe
 
@@ -120,8 +120,8 @@ def _render_draft(args: argparse.Namespace, recipe: Recipe, output: Path, store:
     from previz.take import DraftModel, TakeStats
     from previz.video import write_mp4
 
-    model = DraftModel(pack, recipe.backend, width=recipe.width, height=recipe.height)
-    model.warmup()  # first-call initialisation is set-up, not part of the take
+    model = DraftModel(pack, recipe.backend, width=recipe.width, height=recipe.height, **engine_options(args))
+    model.warmup(None if args.quiet else _say)  # first-call initialisation (a compile) is set-up, not the take
     total = frame_count(recipe, model.fps)
     stats = TakeStats()  # the clock starts here: set-up above is not part of the take
     latents: list[Any] = []
@@ -252,8 +252,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     backend = resolve_backend(args.backend)
     _quiet_libraries()
     untrained_note(pack)
-    model = DraftModel(pack, backend)
-    model.warmup()  # the first take should not pay for initialisation
+    model = DraftModel(pack, backend, **engine_options(args))
+    model.warmup(_say)  # before the server reports ready: the first take should not pay for a compile
     store = DraftStore(args.store or default_store_root())
     config = ServeConfig(
         host=args.host, port=args.port, max_clients=args.max_clients, allowed_hosts=tuple(args.allow_host),
@@ -267,6 +267,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="compute precision of the torch and tensorrt engines (auto: bf16 on a CUDA GPU, "
+                             "fp32 on CPU; onnxruntime runs fp32)")
+    parser.add_argument("--compile", choices=["auto", "on", "off", "cuda-graphs"], default="auto",
+                        help="torch.compile the torch engines (auto: on with a CUDA GPU, off on CPU; cuda-graphs: "
+                             "also capture CUDA graphs). The first compile takes minutes; later starts reuse "
+                             "the cache in $PREVIZ_HOME/cache/inductor")
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options the flags ask for; ``auto`` leaves each to the engine's own default."""
+    options: dict[str, Any] = {}
+    if args.precision != "auto":
+        options["precision"] = args.precision
+    if args.compile != "auto":
+        options["compile"] = args.compile != "off"
+        if args.compile == "cuda-graphs":
+            options["compile_mode"] = "reduce-overhead"
+    return options
 
 
 def check_port(host: str, port: int) -> None:
@@ -371,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: a random one, printed after the take)")
     d.add_argument("--backend", default="auto",
                    help="auto | torch | onnxruntime | tensorrt (auto: onnxruntime where installed, else torch)")
+    add_engine_flags(d)
     d.add_argument("--pack", default=DEFAULT_PACK, help="pack name, directory or hub id")
     d.add_argument("--width", type=int, default=None, help="default: the pack's draft width")
     d.add_argument("--height", type=int, default=None, help="default: the pack's draft height")
@@ -396,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8188)
     s.add_argument("--pack", default=DEFAULT_PACK)
     s.add_argument("--backend", default="auto")
+    add_engine_flags(s)
     s.add_argument("--store", type=Path, default=None, help="draft store directory (default ~/.cache/previz/drafts)")
     s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="another Host name clients may use (e.g. the machine's DNS name)")
@@ -450,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with engine_errors():
+            return int(args.func(args))
     except PrevizError as exc:
         print(f"previz: error: {exc.message}", file=sys.stderr)
         return EXIT_USER_ERROR

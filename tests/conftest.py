@@ -71,7 +71,7 @@ def text_encoder(test_pack: Pack):
 def torch_model(test_pack: Pack, cache_dir: Path, text_encoder):
     from previz.take import DraftModel
 
-    return DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder)
+    return DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu")  # the fp32 reference
 
 
 @pytest.fixture(scope="session")

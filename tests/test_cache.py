@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engines.cache import EngineCache, cache_key
-from previz.errors import EngineCacheError
+from engines.errors import EngineCacheError
 
 KEY_FIELDS = dict(onnx_sha256="a" * 64, shape_profile="x=1x2", precision="fp16", runtime="tensorrt",
                   runtime_version="11.4", gpu="NVIDIA H100")

@@ -57,7 +57,6 @@ def test_graphs_declare_input_dtypes_and_keep_timesteps_exact(torch_model):
 
 
 def test_onnx_native_attention_is_the_same_arithmetic(torch_model):
-
     graph = torch_model.denoiser_graph
     args = list(graph.example_inputs(seed=4).values())
     native = graph.export_module(23)

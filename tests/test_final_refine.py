@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from previz.sampler import euler_step, experts, flow_sigmas, guided, strength_sigmas
 from upscale.refine import FinalModel, handoff_kind
@@ -13,8 +14,8 @@ from upscale.refine import FinalModel, handoff_kind
 
 def counting(name: str, calls: list):
     def model(x, t):
-        calls.append((name, float(np.max(t))))
-        return np.zeros_like(x)
+        calls.append((name, float(t.max())))
+        return torch.zeros_like(x)
 
     return model
 
@@ -22,19 +23,19 @@ def counting(name: str, calls: list):
 def test_experts_routes_by_the_boundary_pure():
     calls: list = []
     model = experts(counting("high", calls), counting("low", calls), 875.0)
-    x = np.zeros((1, 1, 1, 1, 1), np.float32)
+    x = torch.zeros((1, 1, 1, 1, 1))
     for t in (1000.0, 875.0, 874.5, 0.0):
-        model(x, np.array([t], np.float32))
+        model(x, torch.tensor([t]))
     # Per-token timesteps: clean context tokens at 0 must not pull a noisy window to the low expert.
-    model(x, np.array([[0.0, 0.0, 900.0]], np.float32))
+    model(x, torch.tensor([[0.0, 0.0, 900.0]]))
     assert calls == [("high", 1000.0), ("high", 875.0), ("low", 874.5), ("low", 0.0), ("high", 900.0)]
 
 
 def test_strength_runs_the_tail_of_the_schedule():
     full = flow_sigmas(6, 12.0)
-    assert np.array_equal(strength_sigmas(6, 12.0, 1.0), full)
+    assert torch.equal(strength_sigmas(6, 12.0, 1.0), full)
     tail = strength_sigmas(6, 12.0, 0.6)
-    assert len(tail) == 5 and np.array_equal(tail, full[2:])  # round(6 * 0.6) = 4 steps
+    assert len(tail) == 5 and torch.equal(tail, full[2:])  # round(6 * 0.6) = 4 steps
     with pytest.raises(ValueError):
         strength_sigmas(6, 12.0, 0.0)
 
@@ -56,10 +57,10 @@ def test_each_expert_runs_exactly_on_its_side_of_the_boundary(final_model, stren
     m.stats.calls = {"transformer": 0, "transformer_2": 0}
     m.stats.timesteps = {"transformer": [], "transformer_2": []}
     plan = m.plan(RECIPE, frames=5, fps=30, width=64, height=32, strength=strength, handoff="latent")
-    x = m.start_from_latents(plan, np.zeros((1, 16, 2, 4, 8), np.float32))
+    x = torch.from_numpy(m.start_from_latents(plan, np.zeros((1, 16, 2, 4, 8), np.float32)))
     model = m.model(RECIPE, plan)
     for i in range(plan.units):
-        x = euler_step(model, x, plan.sigmas[i], plan.sigmas[i + 1], np.array([1000 * plan.sigmas[i]], np.float32))
+        x = euler_step(model, x, plan.sigmas[i], plan.sigmas[i + 1], torch.tensor([1000 * plan.sigmas[i]]))
     boundary = 1000 * m.pack.boundary_ratio
     high = [1000 * s for s in plan.sigmas[:-1] if 1000 * s >= boundary]
     low = [1000 * s for s in plan.sigmas[:-1] if 1000 * s < boundary]
@@ -68,7 +69,7 @@ def test_each_expert_runs_exactly_on_its_side_of_the_boundary(final_model, stren
     assert m.stats.calls == {"transformer": len(high) * per_step[0], "transformer_2": len(low) * per_step[1]}
     assert sorted(set(m.stats.timesteps["transformer"])) == pytest.approx(sorted(high))
     assert sorted(set(m.stats.timesteps["transformer_2"])) == pytest.approx(sorted(low))
-    assert np.isfinite(x).all()
+    assert bool(torch.isfinite(x).all())
 
 
 def test_handoff_is_latent_only_in_the_same_latent_space(final_pack):
@@ -89,7 +90,7 @@ def test_latent_handoff_keeps_the_draft_at_low_strength(final_model):
 
     # The draft's latents, upsampled, taken to the first noise level the strength runs, with the seed's noise.
     up = torch.nn.functional.interpolate(torch.from_numpy(draft), size=(2, 8, 16), mode="trilinear").numpy()
-    noise = chunk_noise(3, FINAL_NOISE_STREAM, up.shape)
+    noise = chunk_noise(3, FINAL_NOISE_STREAM, up.shape).numpy()
     sigma = plan.sigmas[0]
     np.testing.assert_allclose(x, (1 - sigma) * up + sigma * noise, atol=1e-6)
     assert np.corrcoef(x.ravel(), up.ravel())[0, 1] > 0.2
@@ -114,7 +115,7 @@ def test_streamed_pixel_handoff_equals_diffusers_whole_clip_encode(final_model):
         z = m.vae.encode((video * 2 - 1).permute(1, 0, 2, 3)[None]).latent_dist.mode()
     x0 = ((z - m.latents_mean) / m.latents_std).numpy()
     sigma = plan.sigmas[0]
-    expected = (1 - sigma) * x0 + sigma * chunk_noise(3, FINAL_NOISE_STREAM, x0.shape)
+    expected = (1 - sigma) * x0 + sigma * chunk_noise(3, FINAL_NOISE_STREAM, x0.shape).numpy()
     assert x.shape == (1, 16, 3, 4, 8)
     np.testing.assert_allclose(x, expected, atol=1e-5)
 
@@ -143,17 +144,17 @@ def test_experts_are_offloaded_only_on_cuda(final_model):
     placement = final_model.placement
     assert placement.offload is False and placement.swaps == 0  # on CPU both live in host memory
     guided_model = guided(lambda x, t: x, lambda x, t: x * 0, 2.0)
-    assert np.array_equal(guided_model(np.ones(2, np.float32), np.zeros(1)), 2 * np.ones(2))
+    assert torch.equal(guided_model(torch.ones(2), torch.zeros(1)), 2 * torch.ones(2))
 
 
 def test_with_offload_the_experts_swap_once_at_the_boundary(final_pack):
     """The CUDA code path (one expert resident), run on the CPU: the same calls, counted swaps."""
     m = FinalModel(final_pack, offload=True)
     plan = m.plan(RECIPE, frames=5, fps=30, width=64, height=32, strength=1.0, handoff="latent")
-    x = m.start_from_latents(plan, np.zeros((1, 16, 2, 4, 8), np.float32))
+    x = torch.from_numpy(m.start_from_latents(plan, np.zeros((1, 16, 2, 4, 8), np.float32)))
     model = m.model(RECIPE, plan)
     for i in range(plan.units):
-        x = euler_step(model, x, plan.sigmas[i], plan.sigmas[i + 1], np.array([1000 * plan.sigmas[i]], np.float32))
+        x = euler_step(model, x, plan.sigmas[i], plan.sigmas[i + 1], torch.tensor([1000 * plan.sigmas[i]]))
     assert m.stats.calls["transformer"] > 0 and m.stats.calls["transformer_2"] > 0
     assert m.placement.swaps == 2  # the high-noise expert in once, then the low-noise one, once
     assert m.placement.active == "transformer_2"

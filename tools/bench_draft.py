@@ -65,7 +65,7 @@ def gemm_gflops(n: int = 1024, repeats: int = 10, trials: int = 5) -> float:
 
 
 def graph_gflop(graph: Any) -> float:
-    args = [torch.from_numpy(a) for a in graph.example_inputs().values()]
+    args = list(graph.example_inputs().values())
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         graph.module(*args)

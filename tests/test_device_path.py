@@ -1,0 +1,217 @@
+"""The GPU draft path's seams, checked on the CPU: precision, compile options, typed out-of-memory.
+
+The ``gpu``-marked tests run the same checks on CUDA (they skip without one).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import LiveServer
+from test_server import open_client
+
+from engines import create_engine
+from engines.errors import BackendUnavailableError, DeviceOutOfMemoryError, is_out_of_memory
+from engines.precision import cast_module, resolve_precision
+from previz.errors import OutOfDeviceMemoryError, PrevizError, from_engine_error
+from previz.recipe import Recipe
+
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
+
+# bf16 keeps 8 bits of mantissa.  Measured on the test pack over 5 seeds: one call differs from
+# fp32 by at most 0.4% (denoiser) and 1.4% (decoder) of the output's range; a whole 0.5 s take's
+# frames by 0.1 uint8 level on average (1 at most).  The bounds leave 2x to 10x of room.
+BF16_CALL_TOLERANCE = 0.03
+BF16_FRAME_MEAN_LEVELS = 1.0
+
+
+def tiny_wan():
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                 out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1).eval()
+
+
+def test_precision_defaults_to_bf16_on_cuda_and_fp32_elsewhere():
+    assert resolve_precision(None, "cuda") == "bf16" and resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision(None, "cpu") == "fp32" and resolve_precision("fp16", "cpu") == "fp16"
+    with pytest.raises(BackendUnavailableError, match="choose one of"):
+        resolve_precision("int4", "cpu")
+
+
+def test_cast_keeps_fp32_modules_exactly_as_loading_with_torch_dtype_does(tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    tiny_wan().save_pretrained(tmp_path)
+    loaded = WanTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    cast = cast_module(WanTransformer3DModel.from_pretrained(tmp_path), torch.bfloat16)
+    want = loaded.state_dict()
+    got = cast.state_dict()
+    assert want.keys() == got.keys()
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    dtypes = {t.dtype for t in got.values()}
+    assert dtypes == {torch.bfloat16, torch.float32}  # something was kept: the norms and time embedder
+    assert got["scale_shift_table"].dtype == torch.float32 and got["proj_out.weight"].dtype == torch.bfloat16
+
+
+@pytest.fixture(scope="module")
+def bf16_model(test_pack, cache_dir, text_encoder):
+    from previz.take import DraftModel
+
+    return DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", precision="bf16")
+
+
+def test_bf16_on_cpu_runs_and_matches_fp32_within_tolerance(torch_model, bf16_model):
+    assert torch_model.denoiser.info.precision == "fp32" and bf16_model.denoiser.info.precision == "bf16"
+    for name in ("denoiser", "decoder"):
+        graph = getattr(torch_model, f"{name}_graph")
+        inputs = graph.example_inputs(seed=7)
+        ref = getattr(torch_model, name).run(inputs)[graph.output]
+        out = getattr(bf16_model, name).run(inputs)[graph.output]
+        assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+        span = float(ref.max() - ref.min())
+        assert float((out.float() - ref).abs().max()) <= BF16_CALL_TOLERANCE * span, name
+    recipe = Recipe(prompt="a lighthouse at dusk", seed=5, seconds=0.5, camera={"preset": "orbit_left"})
+    a = np.stack([f.image for f in torch_model.generate(recipe)]).astype(float)
+    b = np.stack([f.image for f in bf16_model.generate(recipe)]).astype(float)
+    assert a.shape == b.shape and np.abs(a - b).mean() <= BF16_FRAME_MEAN_LEVELS
+    meta = bf16_model.metadata(recipe)
+    assert meta["engines"]["denoiser"]["precision"] == "bf16" and meta["engines"]["decoder"]["precision"] == "bf16"
+
+
+def test_timesteps_stay_fp32_in_a_bf16_engine(bf16_model):
+    """bf16 has no 999: a bf16 timestep would put every high-noise step at 1000."""
+    assert torch.tensor(999.0).to(torch.bfloat16).item() == 1000.0
+    engine = bf16_model.denoiser
+    assert engine._argument("timesteps", torch.full((1, 4), 999.0)).dtype == torch.float32
+    assert engine._argument("latents", torch.zeros(1)).dtype == torch.bfloat16
+
+
+def test_onnxruntime_refuses_a_precision_it_does_not_run(torch_model, cache_dir):
+    with pytest.raises(BackendUnavailableError, match="fp32 export"):
+        create_engine("onnxruntime", torch_model.decoder_graph, cache_dir, precision="bf16")
+
+
+def test_compile_keeps_inductor_s_cache_under_the_engine_cache(test_pack, cache_dir, monkeypatch):
+    from previz.draft_graphs import build_decoder_graph
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    graph = build_decoder_graph(test_pack, 64, 32)
+    engine = create_engine("torch", graph, cache_dir, device="cpu", compile=True)  # compiles lazily: not run here
+    assert engine.info.providers == ("torch.compile",) and engine.info.details["compile_mode"] == "default"
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache_dir / "inductor")
+    eager = create_engine("torch", build_decoder_graph(test_pack, 64, 32), cache_dir, device="cpu")
+    assert eager.info.providers == ("eager",)  # off by default on CPU
+    with pytest.raises(BackendUnavailableError, match="compile mode"):
+        create_engine("torch", graph, cache_dir, device="cpu", compile=True, compile_mode="fastest")
+
+
+def test_out_of_memory_is_recognised_from_every_runtime_and_typed_at_previz_s_edge():
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory"))
+    try:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        except torch.OutOfMemoryError as inner:
+            raise RuntimeError("decoder failed") from inner
+    except RuntimeError as outer:
+        assert is_out_of_memory(outer)  # found through the cause chain
+    assert not is_out_of_memory(ValueError("shape mismatch"))
+    mapped = from_engine_error(DeviceOutOfMemoryError("denoiser: out of memory on cuda:0"))
+    assert isinstance(mapped, OutOfDeviceMemoryError) and mapped.code == "out_of_memory"
+    assert from_engine_error(ValueError("x")) is None
+    unavailable = from_engine_error(BackendUnavailableError("no GPU", field="backend", value="tensorrt"))
+    assert isinstance(unavailable, PrevizError) and unavailable.code == "backend_unavailable"
+    assert unavailable.field == "backend"
+
+
+class OutOfMemoryFor:
+    """The server's denoiser, running out of device memory on the second window of takes of one prompt."""
+
+    def __init__(self, engine, states: torch.Tensor, after_calls: int) -> None:
+        self.engine, self.states, self.after_calls, self.calls = engine, states, after_calls, 0
+        self.info, self.device = engine.info, engine.device
+
+    def run(self, inputs):
+        if torch.equal(inputs["text"].float().cpu(), self.states):
+            self.calls += 1
+            if self.calls > self.after_calls:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        return self.engine.run(inputs)
+
+    def warmup(self) -> None:
+        self.engine.warmup()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def test_out_of_memory_mid_take_is_a_typed_error_to_that_client_and_the_others_stream_on(
+        test_pack, tmp_path, cache_dir, monkeypatch):
+    import previz.worker
+
+    released: list[bool] = []
+    monkeypatch.setattr(previz.worker, "release_device_memory", lambda: released.append(True))
+    server = LiveServer(test_pack, tmp_path / "store", cache_dir)
+    try:
+        model = server.server.model
+        steps = test_pack.draft.steps
+        model.denoiser = OutOfMemoryFor(model.denoiser, torch.from_numpy(np.array(model.text("too big"))),
+                                        after_calls=steps)  # the first window streams; the second fails
+        victim, other = open_client(server), open_client(server)
+        other.send(type="generate", recipe={"prompt": "a calm sea", "seconds": 2.0, "seed": 1})
+        other_take = other.event("take_started")["take_id"]
+        victim.send(type="generate", id=7, recipe={"prompt": "too big", "seconds": 2.0, "seed": 2})
+        victim_take = victim.event("take_started")["take_id"]
+        error = victim.event("error")
+        assert error["code"] == "out_of_memory" and error["take_id"] == victim_take
+        for words in ("out of memory", "64x32", "2 s", "window", "lower the size, the seconds"):
+            assert words in error["message"], words
+        assert 0 < len(victim.frames_of(victim_take)) < 60  # it failed mid-take, after its first window
+        assert released == [True]  # the device cache was emptied once
+        other.event("take_done")
+        assert [h.index for h in other.frames_of(other_take)] == list(range(60))  # nothing lost
+        victim.send(type="generate", recipe={"prompt": "a smaller shot", "seconds": 0.5})
+        victim.event("take_done")  # the same client, the same server, goes on
+    finally:
+        server.close()
+
+
+# ---------------------------------------------------------------- on a CUDA GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-3), ("bf16", BF16_CALL_TOLERANCE)])
+def test_torch_on_cuda_matches_cpu_fp32(torch_model, test_pack, cache_dir, text_encoder, precision, tolerance):
+    from previz.take import DraftModel
+
+    gpu = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda",
+                     precision=precision, compile=False)
+    for name in ("denoiser", "decoder"):
+        graph = getattr(torch_model, f"{name}_graph")
+        inputs = graph.example_inputs(seed=11)
+        ref = getattr(torch_model, name).run(inputs)[graph.output]
+        out = getattr(gpu, name).run({k: v.cuda() for k, v in inputs.items()})[graph.output]
+        assert out.device.type == "cuda"
+        span = float(ref.max() - ref.min())
+        assert float((out.float().cpu() - ref).abs().max()) <= tolerance * span, name
+
+
+@pytest.mark.gpu
+def test_compiled_equals_eager_on_cuda(test_pack, cache_dir, text_encoder):
+    from previz.take import DraftModel
+
+    eager = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda", compile=False)
+    compiled = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda", compile=True)
+    compiled.warmup()
+    assert compiled.engine_info()["denoiser"]["compile_s"] > 0
+    recipe = Recipe(prompt="a lighthouse at dusk", seed=5, seconds=0.5, camera={"preset": "orbit_left"})
+    a = np.stack([f.image for f in eager.generate(recipe)]).astype(int)
+    b = np.stack([f.image for f in compiled.generate(recipe)]).astype(int)
+    assert a.shape == b.shape and np.abs(a - b).mean() <= 1.0  # fused bf16 kernels round differently

@@ -1,0 +1,287 @@
+"""The GPU draft path at real size: DraftModel on CUDA with random students, fp32 against bf16 against compiled.
+
+Two students, built with the real diffusers classes into ordinary draft packs
+(``previz.pack_builder``, random weights: cost only, never quality) and run
+through the same ``DraftModel`` a server runs:
+
+- ``wan21-1.3b``: a Wan2.1-T2V-1.3B-shaped camera student (dim 1536, 30 layers,
+  12 heads, FFN 8960; 16 latent channels + 24 Plücker channels; 4x8x8 latents);
+- ``wan22-5b``: a Wan2.2-TI2V-5B-shaped camera student (dim 3072, 30 layers,
+  24 heads, FFN 14336; 48 latent channels, 4x16x16 latents).
+
+Both decode with a frame-wise ``AutoencoderTiny`` (the TAEHV pattern, 64
+channels), at 832x480, 30 fps, 4 steps, windows of 4 latent frames with 1 of
+context.  Text is the pack's MiniLM encoder at 512 tokens (UMT5's length); the
+prompt repeats, so its cache answers after the first take, as in live use.
+
+For each variant: fps and realtime factor (fps / 30) over whole takes, time to
+first frame, the denoise/decode split (each engine call synchronised, so the
+split is honest on an asynchronous device), the compile time (the warm-up run of
+a compiled engine), and the achieved TFLOP/s of the denoiser against a measured
+matmul peak at the same dtype.  Prints markdown for BENCHMARKS.md.
+
+    python tools/bench_gpu.py                       # CUDA, both students, fp32 / bf16 / bf16 compiled
+    python tools/bench_gpu.py --students wan21-1.3b --variants bf16,bf16-compiled,bf16-cudagraphs
+    python tools/bench_gpu.py --small               # tiny students on the CPU: checks that it all runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+warnings.filterwarnings("ignore")
+
+FPS = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+    name: str
+    channels: int
+    spatial: int
+    transformer: dict[str, Any]
+    size_multiple: int
+
+
+WAN_COMMON = dict(patch_size=(1, 2, 2), attention_head_dim=128, freq_dim=256, num_layers=30, cross_attn_norm=True,
+                  qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+STUDENTS = {
+    # diffusers' Wan2.1-T2V-1.3B and Wan2.2-TI2V-5B transformer configs, less the text width (MiniLM here).
+    "wan21-1.3b": Student("wan21-1.3b", 16, 8, dict(WAN_COMMON, num_attention_heads=12, ffn_dim=8960), 16),
+    "wan22-5b": Student("wan22-5b", 48, 16, dict(WAN_COMMON, num_attention_heads=24, ffn_dim=14336), 32),
+}
+SMALL_STUDENTS = {
+    name: dataclasses.replace(s, transformer=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+                                                  freq_dim=32, ffn_dim=64, num_layers=2))
+    for name, s in STUDENTS.items()
+}
+# variant -> engine options (DraftModel passes them to both engines)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fp32": {"precision": "fp32", "compile": False},
+    "bf16": {"precision": "bf16", "compile": False},
+    "bf16-compiled": {"precision": "bf16", "compile": True},
+    "bf16-cudagraphs": {"precision": "bf16", "compile": True, "compile_mode": "reduce-overhead"},
+    "fp16": {"precision": "fp16", "compile": False},
+}
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return (f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, "
+                f"CUDA {torch.version.cuda}, Python {platform.python_version()}")
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, small: bool) -> float:
+    """Best of a few timed square matmuls: the rate the device really reaches at this dtype."""
+    n = 1024 if small else 8192
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    repeats = 3 if small else 20
+    for _ in range(2):
+        a @ b
+    best = 0.0
+    for _ in range(3):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync(device)
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12)
+    return best
+
+
+class Synced:
+    """An engine whose run() returns only when the device is done, so stage times are the stage's own."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.info, self.device = engine, engine.info, engine.device
+
+    def run(self, inputs: Any) -> Any:
+        out = self.engine.run(inputs)
+        sync(self.device)
+        return out
+
+    def warmup(self) -> None:
+        self.engine.warmup()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def build_pack(student: Student, root: Path, width: int, height: int, text_tokens: int) -> Any:
+    from previz.pack_builder import build_draft_pack
+    from previz.packs import MANIFEST_NAME, DraftDefaults, LatentLayout, load_pack
+
+    pack_dir = root / f"{student.name}-{width}x{height}-{text_tokens}"
+    if not (pack_dir / MANIFEST_NAME).is_file():
+        latent = LatentLayout(space=f"bench-{student.name}", channels=student.channels, temporal=4,
+                              spatial=student.spatial, causal_first_frame=True)
+        draft = DraftDefaults(width=width, height=height, fps=FPS, steps=4, shift=5.0, context_frames=1,
+                              window_frames=4, max_seconds=20.0, size_multiple=student.size_multiple)
+        print(f"building {student.name} (random weights) in {pack_dir} ...", file=sys.stderr, flush=True)
+        build_draft_pack(pack_dir, pack_id=f"bench-{student.name}", latent=latent, draft=draft,
+                         transformer=student.transformer, decoder_channels=64, text_tokens=text_tokens,
+                         description="tools/bench_gpu.py: random weights, for timing only")
+    return load_pack(str(pack_dir))
+
+
+def graph_flop(graph: Any, device: torch.device) -> float:
+    """FLOPs of one call of a graph as the engine runs it (matmuls, convolutions, attention)."""
+    counter = FlopCounterMode(display=False)
+    inputs = graph.example_inputs(device=device)
+    dtype = next(graph.module.parameters()).dtype  # the engine's precision: it cast the module in place
+    args = [v.to(dtype) if v.is_floating_point() and k not in graph.exact else v for k, v in inputs.items()]
+    with counter, torch.inference_mode():
+        graph.module(*args)
+    return float(counter.get_total_flops())
+
+
+def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seconds: float, repeats: int,
+                  cache_dir: Path) -> dict[str, Any]:
+    from previz.recipe import Recipe
+    from previz.take import DraftModel, TakeStats
+
+    options = {**VARIANTS[variant], "device": str(device)}
+    built = time.perf_counter()
+    model = DraftModel(pack, "torch", cache_dir=cache_dir, text=text, **options)
+    load_s = time.perf_counter() - built
+    start = time.perf_counter()
+    model.warmup()
+    sync(device)
+    warmup_s = time.perf_counter() - start
+    info = model.engine_info()
+    model.denoiser, model.decoder = Synced(model.denoiser), Synced(model.decoder)
+    rows = []
+    for i in range(repeats + 1):
+        stats = TakeStats()
+        recipe = Recipe(prompt="a lighthouse on a cliff at dusk", seed=i, seconds=seconds,
+                        camera={"preset": "orbit_left"})
+        sync(device)
+        start = time.perf_counter()
+        n = sum(1 for _ in model.generate(recipe, stats=stats))
+        elapsed = time.perf_counter() - start
+        if i:  # the first take warms the allocator and the text cache
+            rows.append((n / elapsed, stats.first_frame_s or 0.0, stats.denoise_s, stats.decode_s, elapsed,
+                         stats.denoiser_calls))
+    den_flop = graph_flop(model.denoiser_graph, device)
+    fps = statistics.median(r[0] for r in rows)
+    wall = statistics.median(r[4] for r in rows)
+    denoise = statistics.median(r[2] for r in rows)
+    decode = statistics.median(r[3] for r in rows)
+    calls = rows[0][5]
+    result = {
+        "variant": variant,
+        "precision": info["denoiser"]["precision"],
+        "fps": fps,
+        "rtf": fps / FPS,
+        "ttff_ms": 1000 * statistics.median(r[1] for r in rows),
+        "wall_s": wall,
+        "denoise_s": denoise,
+        "decode_s": decode,
+        "other_s": max(0.0, wall - denoise - decode),
+        "denoise_tflops": calls * den_flop / max(denoise, 1e-9) / 1e12,
+        "denoise_call_ms": 1000 * denoise / max(calls, 1),
+        "compile_s": info["denoiser"].get("compile_s", 0.0) + info["decoder"].get("compile_s", 0.0),
+        "warmup_s": warmup_s,
+        "load_s": load_s,
+        "params_b": sum(p.numel() for p in model.denoiser_graph.module.parameters()) / 1e9,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+    model.close()
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="tiny students on the CPU at 128x64 (a quick check)")
+    parser.add_argument("--students", default=",".join(STUDENTS))
+    parser.add_argument("--variants", default=None,
+                        help=f"comma-separated, of {', '.join(VARIANTS)} (default: fp32,bf16,bf16-compiled on CUDA; "
+                             "fp32,bf16 with --small)")
+    parser.add_argument("--width", type=int, default=None, help="default 832 (128 with --small)")
+    parser.add_argument("--height", type=int, default=None, help="default 480 (64 with --small)")
+    parser.add_argument("--seconds", type=float, default=None, help="take length (default 4; 0.5 with --small)")
+    parser.add_argument("--repeats", type=int, default=None, help="takes timed per variant (default 3; 1 --small)")
+    parser.add_argument("--packs", type=Path, default=None,
+                        help="where the random students are built and kept (default: a temporary directory)")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cpu" if args.small else "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu: no CUDA GPU here; run with --small for the CPU check", file=sys.stderr)
+        return 2
+    width = args.width or (128 if args.small else 832)
+    height = args.height or (64 if args.small else 480)
+    seconds = args.seconds or (0.5 if args.small else 4.0)
+    repeats = args.repeats or (1 if args.small else 3)
+    variants = (args.variants or ("fp32,bf16" if args.small else "fp32,bf16,bf16-compiled")).split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    students = args.students.split(",")
+    unknown += [s for s in students if s not in STUDENTS]
+    if unknown:
+        print(f"bench_gpu: unknown variant or student {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    table = SMALL_STUDENTS if args.small else STUDENTS
+
+    from previz.text import TextEncoder
+
+    with tempfile.TemporaryDirectory(prefix="previz-bench-gpu-") as tmp:
+        packs = args.packs or Path(tmp) / "packs"
+        cache_dir = Path(tmp) / "cache" if args.packs is None else args.packs / "cache"
+        peaks = {dtype: matmul_peak_tflops(device, getattr(torch, dtype), args.small)
+                 for dtype in ("float32", "bfloat16", "float16")}
+        print(f"# bench_gpu: {machine(device)}\n")
+        print(f"- {width}x{height} at {FPS} fps, {seconds:g} s takes, 4 steps, window 4 with 1 context frame, "
+              f"median of {repeats} takes after one warm take.")
+        print("- matmul peak (measured): " + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in peaks.items()))
+        for name in students:
+            pack = build_pack(table[name], packs, width, height, 16 if args.small else 512)
+            text = TextEncoder(pack)
+            results = [bench_variant(pack, text, v, device, seconds, repeats, cache_dir) for v in variants]
+            print(f"\n## {name}: {results[0]['params_b']:.2f}B-parameter denoiser\n")
+            print("| variant | fps | realtime | time to first frame | denoise / decode / rest of the loop (s) "
+                  "| denoiser call | denoiser TFLOP/s (of peak) | compile | peak memory |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for r in results:
+                peak = peaks[{"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[r["precision"]]]
+                memory = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "-"
+                compile_ = f"{r['compile_s']:.1f} s" if r["compile_s"] else "-"
+                print(f"| {r['variant']} | {r['fps']:.1f} | {r['rtf']:.2f}x | {r['ttff_ms']:.0f} ms | "
+                      f"{r['denoise_s']:.2f} / {r['decode_s']:.2f} / {r['other_s']:.2f} of {r['wall_s']:.2f} | "
+                      f"{r['denoise_call_ms']:.1f} ms | {r['denoise_tflops']:.2f} ({100 * r['denoise_tflops'] / peak:.0f}%)"
+                      f" | {compile_} | {memory} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
