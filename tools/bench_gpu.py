@@ -99,7 +99,7 @@ def sync(device: torch.device) -> None:
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, small: bool) -> float:
     """Best of a few timed square matmuls: the rate the device really reaches at this dtype."""
-    n = 1024 if small else 8192
+    n = 512 if small else 8192
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     repeats = 3 if small else 20
@@ -134,11 +134,11 @@ class Synced:
         self.engine.close()
 
 
-def build_pack(student: Student, root: Path, width: int, height: int, text_tokens: int) -> Any:
+def build_pack(student: Student, root: Path, width: int, height: int, text_tokens: int, decoder_channels: int) -> Any:
     from previz.pack_builder import build_draft_pack
     from previz.packs import MANIFEST_NAME, DraftDefaults, LatentLayout, load_pack
 
-    pack_dir = root / f"{student.name}-{width}x{height}-{text_tokens}"
+    pack_dir = root / f"{student.name}-{width}x{height}-{text_tokens}-{decoder_channels}"
     if not (pack_dir / MANIFEST_NAME).is_file():
         latent = LatentLayout(space=f"bench-{student.name}", channels=student.channels, temporal=4,
                               spatial=student.spatial, causal_first_frame=True)
@@ -146,16 +146,15 @@ def build_pack(student: Student, root: Path, width: int, height: int, text_token
                               window_frames=4, max_seconds=20.0, size_multiple=student.size_multiple)
         print(f"building {student.name} (random weights) in {pack_dir} ...", file=sys.stderr, flush=True)
         build_draft_pack(pack_dir, pack_id=f"bench-{student.name}", latent=latent, draft=draft,
-                         transformer=student.transformer, decoder_channels=64, text_tokens=text_tokens,
+                         transformer=student.transformer, decoder_channels=decoder_channels, text_tokens=text_tokens,
                          description="tools/bench_gpu.py: random weights, for timing only")
     return load_pack(str(pack_dir))
 
 
-def graph_flop(graph: Any, device: torch.device) -> float:
-    """FLOPs of one call of a graph as the engine runs it (matmuls, convolutions, attention)."""
+def graph_flop(graph: Any, device: torch.device, dtype: torch.dtype) -> float:
+    """FLOPs of one call of a graph as the engine runs it (matmuls, convolutions, attention), at ``dtype``."""
     counter = FlopCounterMode(display=False)
     inputs = graph.example_inputs(device=device)
-    dtype = next(graph.module.parameters()).dtype  # the engine's precision: it cast the module in place
     args = [v.to(dtype) if v.is_floating_point() and k not in graph.exact else v for k, v in inputs.items()]
     with counter, torch.inference_mode():
         graph.module(*args)
@@ -164,6 +163,7 @@ def graph_flop(graph: Any, device: torch.device) -> float:
 
 def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seconds: float, repeats: int,
                   cache_dir: Path) -> dict[str, Any]:
+    from engines.precision import torch_dtype
     from previz.recipe import Recipe
     from previz.take import DraftModel, TakeStats
 
@@ -189,7 +189,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         if i:  # the first take warms the allocator and the text cache
             rows.append((n / elapsed, stats.first_frame_s or 0.0, stats.denoise_s, stats.decode_s, elapsed,
                          stats.denoiser_calls))
-    den_flop = graph_flop(model.denoiser_graph, device)
+    den_flop = graph_flop(model.denoiser_graph, device, torch_dtype(info["denoiser"]["precision"]))
     fps = statistics.median(r[0] for r in rows)
     wall = statistics.median(r[4] for r in rows)
     denoise = statistics.median(r[2] for r in rows)
@@ -263,14 +263,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# bench_gpu: {machine(device)}\n")
         print(f"- {width}x{height} at {FPS} fps, {seconds:g} s takes, 4 steps, window 4 with 1 context frame, "
               f"median of {repeats} takes after one warm take.")
-        print("- matmul peak (measured): " + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in peaks.items()))
+        print("- matmul peak (measured): " + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in peaks.items()))
         for name in students:
-            pack = build_pack(table[name], packs, width, height, 16 if args.small else 512)
+            pack = build_pack(table[name], packs, width, height, *((16, 8) if args.small else (512, 64)))
             text = TextEncoder(pack)
             results = [bench_variant(pack, text, v, device, seconds, repeats, cache_dir) for v in variants]
-            print(f"\n## {name}: {results[0]['params_b']:.2f}B-parameter denoiser\n")
+            params = results[0]["params_b"]
+            size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
+            unit, scale = ("GFLOP/s", 1e3) if args.small else ("TFLOP/s", 1.0)
+            print(f"\n## {name}: {size}-parameter denoiser\n")
             print("| variant | fps | realtime | time to first frame | denoise / decode / rest of the loop (s) "
-                  "| denoiser call | denoiser TFLOP/s (of peak) | compile | peak memory |")
+                  f"| denoiser call | denoiser {unit} (of peak) | compile | peak memory |")
             print("|---|---|---|---|---|---|---|---|---|")
             for r in results:
                 peak = peaks[{"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[r["precision"]]]
@@ -278,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 compile_ = f"{r['compile_s']:.1f} s" if r["compile_s"] else "-"
                 print(f"| {r['variant']} | {r['fps']:.1f} | {r['rtf']:.2f}x | {r['ttff_ms']:.0f} ms | "
                       f"{r['denoise_s']:.2f} / {r['decode_s']:.2f} / {r['other_s']:.2f} of {r['wall_s']:.2f} | "
-                      f"{r['denoise_call_ms']:.1f} ms | {r['denoise_tflops']:.2f} ({100 * r['denoise_tflops'] / peak:.0f}%)"
+                      f"{r['denoise_call_ms']:.1f} ms | {r['denoise_tflops'] * scale:.2f} "
+                      f"({100 * r['denoise_tflops'] / peak:.0f}%)"
                       f" | {compile_} | {memory} |")
     return 0
 

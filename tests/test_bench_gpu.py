@@ -1,0 +1,31 @@
+"""tools/bench_gpu.py runs end to end at its small CPU size (the CUDA run is the same code at 832x480)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_gpu_runs_at_the_small_size_on_cpu(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "tools" / "bench_gpu.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gpu"] = bench  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert bench.main(["--small", "--variants", "fp32,bf16", "--seconds", "0.2", "--packs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for student in ("wan21-1.3b", "wan22-5b"):
+        assert f"## {student}:" in out
+    rows = [line for line in out.splitlines() if line.startswith(("| fp32 |", "| bf16 |"))]
+    assert len(rows) == 4
+    for row in rows:
+        fps = float(row.split("|")[2])
+        assert fps > 0
+    # The 5B-shaped student really has Wan 2.2 TI2V's latent layout: 48 channels, 16x spatial.
+    from previz.packs import load_pack
+
+    pack = load_pack(str(next(tmp_path.glob("wan22-5b-*"))))
+    assert (pack.latent.channels, pack.latent.spatial) == (48, 16)
