@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from previz.atomic import atomic_write, file_lock
 from engines.errors import EngineCacheError
+from previz.atomic import atomic_write, file_lock
 
 MANIFEST = "manifest.json"
 

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from engines import Engine, create_engine
-from previz.errors import engine_errors
 from previz.blockout import control as blockout_control
 from previz.blockout import control_latent, poses_to_tensors, single_threaded
 from previz.camera import camera_path, plucker_latent
 from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels, control_spec
+from previz.errors import engine_errors
 from previz.packs import Pack, previz_home
 from previz.recipe import Recipe, frame_count, resolve
 from previz.sampler import Chunk, chunk_noise, flow_sigmas, guided, plan_chunks, sample_window
