@@ -13,11 +13,16 @@ from engines.base import (
     cuda_device_name,
     resolve_backend,
 )
+from engines.errors import BackendUnavailableError, DeviceOutOfMemoryError, EngineCacheError, EngineError
 from engines.graphs import Graph
 
 __all__ = [
     "BACKENDS",
+    "BackendUnavailableError",
+    "DeviceOutOfMemoryError",
     "Engine",
+    "EngineCacheError",
+    "EngineError",
     "EngineInfo",
     "Graph",
     "available_backends",

@@ -79,7 +79,13 @@ class TorchEngine:
         declared = getattr(torch, self.graph.dtype(name))
         if declared.is_floating_point and name not in self.graph.exact:
             declared = self.dtype  # computed at the engine's precision
-        return value.to(self.device, declared, non_blocking=True)
+        value = value.to(self.device, declared, non_blocking=True).contiguous()
+        if self.compiled and not value.is_inference():
+            # A compiled graph guards on strides and on inference-ness: one kind of input (contiguous,
+            # made under inference mode, as run() makes this copy) keeps the warm-up's graph for every
+            # take, instead of recompiling in the middle of the first one.
+            value = value.clone()
+        return value
 
     def warmup(self) -> None:
         """One run on example inputs; for a compiled engine that run compiles, and its time is recorded."""

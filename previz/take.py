@@ -167,7 +167,8 @@ class DraftModel:
                 spatial=layout.spatial, causal_first_frame=layout.causal_first_frame,
                 latents=range(first, first + count),
             )
-            return torch.from_numpy(maps).permute(1, 0, 2, 3)[None].to(self.device)
+            # Contiguous once here, not at every denoiser call that reads it.
+            return torch.from_numpy(maps).permute(1, 0, 2, 3)[None].contiguous().to(self.device)
 
         return window
 
@@ -201,7 +202,7 @@ class DraftModel:
                 for i in [i for i in rendered if i < first]:
                     del rendered[i]  # a take moves forward: earlier frames are never asked for again
             maps = torch.stack([rendered[i] for i in wanted])
-            return maps.permute(1, 0, 2, 3)[None].to(self.device)
+            return maps.permute(1, 0, 2, 3)[None].contiguous().to(self.device)
 
         return window
 

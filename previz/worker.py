@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -128,6 +129,7 @@ class GenerationWorker:
         """The error the take's client gets: previz's own, an engine's mapped to previz's, else as it is."""
         if is_out_of_memory(exc):
             log.warning("take %d ran out of device memory: %s", job.take_id, exc)
+            traceback.clear_frames(exc.__traceback__)  # the failed take's tensors live on in its frames' locals
             release_device_memory()
             return out_of_memory_error(job.recipe, self.model)
         return from_engine_error(exc) or exc
