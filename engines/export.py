@@ -38,6 +38,10 @@ def export_onnx(graph: Graph, cache_dir: Path, *, opset: int = OPSET) -> Path:
     """The graph's ONNX file, exported on first use and reused afterwards."""
     out_dir = onnx_dir(cache_dir, graph, opset)
     path = out_dir / f"{graph.name}.onnx"
+    cast = sorted({str(p.dtype) for p in graph.module.parameters()} - {"torch.float32"})
+    if cast:  # a torch engine cast this module in place; its export would pass as the fp32 graph's
+        raise EngineCacheError(f"the {graph.name} graph's weights are {', '.join(cast)}: export from an fp32 "
+                               "graph (build the graph afresh; a bf16/fp16 torch engine owns the one it ran)")
     if (out_dir / "export.json").is_file() and path.is_file():
         check_external_data(path)
         return path

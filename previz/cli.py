@@ -392,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise seed, 0 or more; same seed + same recipe = same take "
                         "(default: a random one, printed after the take)")
     d.add_argument("--backend", default="auto",
-                   help="auto | torch | onnxruntime | tensorrt (auto: onnxruntime where installed, else torch)")
+                   help="auto | torch | onnxruntime | tensorrt (auto: torch on a CUDA GPU, else onnxruntime "
+                        "where installed, else torch)")
     add_engine_flags(d)
     d.add_argument("--pack", default=DEFAULT_PACK, help="pack name, directory or hub id")
     d.add_argument("--width", type=int, default=None, help="default: the pack's draft width")

@@ -112,6 +112,17 @@ def test_compile_keeps_inductor_s_cache_under_the_engine_cache(test_pack, cache_
         create_engine("torch", graph, cache_dir, device="cpu", compile=True, compile_mode="fastest")
 
 
+def test_a_graph_a_bf16_engine_has_cast_is_never_exported_as_the_fp32_one(test_pack, cache_dir):
+    from engines.errors import EngineCacheError
+    from engines.export import export_onnx
+    from previz.draft_graphs import build_decoder_graph
+
+    graph = build_decoder_graph(test_pack, 64, 32)
+    create_engine("torch", graph, cache_dir, device="cpu", precision="bf16")
+    with pytest.raises(EngineCacheError, match="bfloat16"):
+        export_onnx(graph, cache_dir)
+
+
 def test_out_of_memory_is_recognised_from_every_runtime_and_typed_at_previz_s_edge():
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert is_out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory"))

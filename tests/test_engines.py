@@ -99,7 +99,8 @@ def test_backends_are_reported_and_unknown_ones_refused(torch_model, cache_dir):
     assert backends["torch"] is None and backends["onnxruntime"] is None
     with pytest.raises(BackendUnavailableError, match="unknown backend 'cuda-magic'"):
         create_engine("cuda-magic", torch_model.decoder_graph, cache_dir)
-    assert resolve_backend("auto") == "onnxruntime"  # installed here; TensorRT never by default
+    # torch on a CUDA GPU (bf16, compiled), else ONNX Runtime (installed here); TensorRT never by default
+    assert resolve_backend("auto") == ("torch" if torch.cuda.is_available() else "onnxruntime")
     assert resolve_backend("torch") == "torch"
 
 
