@@ -112,6 +112,31 @@ def test_compile_keeps_inductor_s_cache_under_the_engine_cache(test_pack, cache_
         create_engine("torch", graph, cache_dir, device="cpu", compile=True, compile_mode="fastest")
 
 
+def test_a_take_never_recompiles_what_the_warm_up_compiled(test_pack, cache_dir, text_encoder, monkeypatch):
+    """Dynamo guards on strides and inference-ness: the take's inputs must match the warm-up's.
+
+    Traced with dynamo's ``eager`` backend (the same guards, no inductor), so it runs in seconds on a CPU.
+    """
+    import engines.torch_backend
+    from torch._dynamo.utils import counters
+
+    from previz.take import DraftModel
+
+    real_compile = torch.compile
+    monkeypatch.setattr(engines.torch_backend.torch, "compile",
+                        lambda module, mode=None: real_compile(module, backend="eager"))
+    torch._dynamo.reset()
+    model = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True)
+    model.warmup()
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 2  # the denoiser and the decoder were traced by the warm-up
+    frames = list(model.generate(Recipe(prompt="a dolly past a diner", seed=1, seconds=0.5,
+                                        camera={"preset": "dolly_in"})))
+    assert len(frames) == 15
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing traced again in the take
+    torch._dynamo.reset()
+
+
 def test_a_graph_a_bf16_engine_has_cast_is_never_exported_as_the_fp32_one(test_pack, cache_dir):
     from engines.errors import EngineCacheError
     from engines.export import export_onnx
