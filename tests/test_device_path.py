@@ -117,9 +117,9 @@ def test_a_take_never_recompiles_what_the_warm_up_compiled(test_pack, cache_dir,
 
     Traced with dynamo's ``eager`` backend (the same guards, no inductor), so it runs in seconds on a CPU.
     """
-    import engines.torch_backend
     from torch._dynamo.utils import counters
 
+    import engines.torch_backend
     from previz.take import DraftModel
 
     real_compile = torch.compile
