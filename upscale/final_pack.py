@@ -23,10 +23,13 @@ from previz.errors import PackError, UnknownPackError
 from previz.pack_builder import MINILM_DIM, ensure_pack, install_lock, minilm_component
 from previz.packs import (
     MANIFEST_NAME,
+    CameraConditioning,
     Component,
+    Conditioning,
     FinalDefaults,
     LatentLayout,
     Pack,
+    TextConditioning,
     hash_component_dir,
     load_pack,
     write_manifest,
@@ -94,11 +97,10 @@ def build_final_pack(
             label="untrained",
             description=description or "Seeded Wan-shaped experts and VAE, UNTRAINED: finals are noise "
                                        "until the trained pack lands.",
-            conditioning={
-                "text": {"encoder": "all-MiniLM-L6-v2", "dim": MINILM_DIM, "tokens": defaults.text_tokens},
-                "camera": {"kind": "plucker", "channels": camera_channels, "convention": "opencv",
-                           "relative_to": "first frame"} if camera else None,
-            },
+            conditioning=Conditioning(
+                text=TextConditioning(encoder="all-MiniLM-L6-v2", dim=MINILM_DIM, tokens=defaults.text_tokens),
+                camera=CameraConditioning(kind="plucker", channels=camera_channels) if camera else None,
+            ),
             boundary_ratio=boundary_ratio,
             final=defaults,
         )

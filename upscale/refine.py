@@ -175,8 +175,8 @@ class FinalModel:
         self.device = torch.device(device)
         self.text = text or TextEncoder(pack)
         experts_ = {name: load_component(pack, name) for name in ("transformer", "transformer_2")}
-        cam = pack.conditioning.get("camera") or {}
-        self.camera_channels = int(cam.get("channels", 0)) if cam else 0
+        cam = pack.conditioning.camera
+        self.camera_channels = cam.channels if cam else 0
         for name, module in experts_.items():
             if module.config.in_channels != pack.latent.channels + self.camera_channels:
                 raise PackError(f"pack {pack.id!r}: {name} takes {module.config.in_channels} channels; the layout "
