@@ -793,6 +793,6 @@ def load_tokenizer(pack: Pack, name: str = "text_encoder") -> Any:
     comp = pack.component(name)
     directory = pack.component_dir(name)
     if comp.tokenizer_subfolder:
-        base = _package_dir(comp.package) if comp.package else pack.root
+        base = _package_dir(comp.package) if comp.package else pack.files_root
         directory = base / comp.tokenizer_subfolder
     return AutoTokenizer.from_pretrained(directory, local_files_only=True)
