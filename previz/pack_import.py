@@ -193,7 +193,8 @@ def read_checkpoint(directory: Path) -> WanCheckpoint:
         tiny = decoder.get("_class_name") == "AutoencoderTiny"
     return WanCheckpoint(
         directory=directory, pipeline=str(pipeline), experts=tuple(n for n in expected if n.startswith("transformer")),
-        boundary_ratio=float(boundary) if has_second else None, latent=latent, text_dim=text_dim,
+        boundary_ratio=float(boundary) if has_second and boundary is not None else None, latent=latent,
+        text_dim=text_dim,
         text_encoder=str(index["text_encoder"][1]), shift=float(shift), patch=int(patch[1]), tiny_decoder=tiny,
         diffusers_version=str(index.get("_diffusers_version", "")),
     )

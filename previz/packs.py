@@ -549,8 +549,10 @@ def manifest_dict(pack: Pack) -> dict[str, Any]:
 
 
 def write_manifest(pack: Pack) -> Path:
+    from previz.atomic import atomic_write
+
     path = pack.root / MANIFEST_NAME
-    path.write_text(json.dumps(manifest_dict(pack), indent=2) + "\n")
+    atomic_write(path, (json.dumps(manifest_dict(pack), indent=2) + "\n").encode())
     return path
 
 

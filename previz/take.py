@@ -29,6 +29,7 @@ from previz.blockout import control as blockout_control
 from previz.blockout import control_latent, poses_to_tensors, single_threaded
 from previz.camera import camera_path, plucker_latent
 from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels, control_spec
+from previz.frame_decoder import EngineFrameDecoder, FrameDecoder, VAEFrameDecoder, streams_with_vae
 from previz.packs import Pack, previz_home
 from previz.recipe import Recipe, frame_count, resolve
 from previz.sampler import Chunk, chunk_noise, flow_sigmas, guided, plan_chunks, sample_window
@@ -96,24 +97,32 @@ class DraftModel:
         self.denoiser_graph, self.tokens_per_frame = build_denoiser_graph(
             pack, self.width, self.height, text_tokens=self.text.tokens, text_dim=self.text.dim
         )
-        self.decoder_graph = build_decoder_graph(pack, self.width, self.height)
         self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)
-        self.decoder: Engine = create_engine(backend, self.decoder_graph, self.cache_dir, **engine_options)
+        # The decoder seam (previz.frame_decoder): a frame-wise graph on the same backend, or, for an
+        # imported Wan checkpoint, its own VAE streamed with a causal cache carried across chunks.
+        self.decoder_graph = None if streams_with_vae(pack) else build_decoder_graph(pack, self.width, self.height)
+        self.decoder: Engine | None = None
+        self.frame_decoder: FrameDecoder
+        if self.decoder_graph is None:
+            self.frame_decoder = VAEFrameDecoder(pack)
+        else:
+            self.decoder = create_engine(backend, self.decoder_graph, self.cache_dir, **engine_options)
+            self.frame_decoder = EngineFrameDecoder(self.decoder, pack.latent)
 
     def warmup(self) -> None:
         self.text("")  # the encoder's first call pays one-off initialisation
         self.denoiser.warmup()
-        self.decoder.warmup()
+        self.frame_decoder.warmup()
 
     def close(self) -> None:
         self.denoiser.close()
-        self.decoder.close()
+        self.frame_decoder.close()
 
     def engine_info(self) -> dict[str, Any]:
         return {
             name: {"backend": e.info.backend, "device": e.info.device, "precision": e.info.precision,
                    "providers": list(e.info.providers)}
-            for name, e in (("denoiser", self.denoiser), ("decoder", self.decoder))
+            for name, e in (("denoiser", self.denoiser), ("decoder", self.frame_decoder))
         }
 
     def metadata(self, recipe: Recipe) -> dict[str, Any]:
@@ -287,6 +296,9 @@ class Take:
         self.control_window = model.control_conditioning(recipe)
         self.prompt = model.text(recipe.prompt)
         self.negative = model.text(recipe.negative_prompt) if recipe.guidance != 1.0 else None
+        resume = None if self.done else self.chunks[self.state.next_chunk].start
+        previous = self.state.context[:, :, -1] if self.state.context is not None else None
+        self.decode = model.frame_decoder.open(resume or 0, previous)  # one decoder stream per take
 
     @property
     def done(self) -> bool:
@@ -321,16 +333,13 @@ class Take:
         return chunk, kept, self._frames(chunk, kept)
 
     def _frames(self, chunk: Chunk, kept: np.ndarray) -> Iterator[Frame]:
-        model, layout, stats = self.model, self.layout, self.stats
+        stats = self.stats
         emitted = self.first_frame(chunk)
         for j in range(chunk.keep):
-            latent_index = chunk.start + j
             start = time.perf_counter()
-            images = model.decoder.run({"latents": np.ascontiguousarray(kept[:, :, j])})["frames"]
+            images = self.decode.decode(kept[:, :, j])  # exactly the video frames this latent frame holds
             stats.decoder_calls += 1
             stats.decode_s += time.perf_counter() - start
-            if layout.causal_first_frame and latent_index == 0:
-                images = images[-1:]  # the first causal latent frame holds one video frame
             for image in images:
                 if emitted == self.total_frames:
                     break

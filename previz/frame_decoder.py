@@ -1,0 +1,115 @@
+"""The draft path's decoder seam: latent frames of one take in, in order, video frames out.
+
+Two implementations:
+
+- :class:`EngineFrameDecoder`: a frame-wise decoder graph (the embedded packs'
+  ``AutoencoderTiny``) on any engine.  Stateless: each latent frame decodes
+  alone, into ``temporal`` frames.
+- :class:`VAEFrameDecoder`: a pack's own Wan VAE (imported checkpoints),
+  streamed by :class:`previz.vae_stream.VAEStream` with its causal cache
+  carried from chunk to chunk, so a take still leaves frame by frame as it is
+  denoised.  Torch only, whichever backend runs the denoiser: the Wan VAE's
+  cached 3D convolutions do not export to one static graph.
+
+A take opens one :class:`FrameStream` per take (``decoder.open()``); the
+stream's ``decode`` returns exactly the video frames that latent frame holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from engines import Engine, EngineInfo
+from previz.packs import LatentLayout, Pack, load_component
+from previz.vae_stream import VAEStream
+
+
+class FrameStream(Protocol):
+    def decode(self, latent_frame: np.ndarray) -> np.ndarray:
+        """One latent frame [1, C, h, w] -> its video frames [n, H, W, 3] float32 in [0, 1]."""
+        ...
+
+
+class FrameDecoder(Protocol):
+    info: EngineInfo
+
+    def open(self, first_latent: int = 0, previous: np.ndarray | None = None) -> FrameStream:
+        """A stream for one take, starting at latent frame ``first_latent``.
+
+        ``previous`` is the latent frame just before it, when a take resumes
+        mid-way: a stateful decoder warms its cache on it.
+        """
+        ...
+
+    def warmup(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _EngineStream:
+    def __init__(self, engine: Engine, layout: LatentLayout, first_latent: int) -> None:
+        self.engine, self.layout, self.index = engine, layout, first_latent
+
+    def decode(self, latent_frame: np.ndarray) -> np.ndarray:
+        images: np.ndarray = self.engine.run({"latents": np.ascontiguousarray(latent_frame)})["frames"]
+        if self.layout.causal_first_frame and self.index == 0:
+            images = images[-1:]  # the first causal latent frame holds one video frame
+        self.index += 1
+        return images
+
+
+class EngineFrameDecoder:
+    """A frame-wise decoder graph on an engine (stateless between latent frames)."""
+
+    def __init__(self, engine: Engine, layout: LatentLayout) -> None:
+        self.engine, self.layout = engine, layout
+        self.info = engine.info
+
+    def open(self, first_latent: int = 0, previous: np.ndarray | None = None) -> FrameStream:
+        return _EngineStream(self.engine, self.layout, first_latent)
+
+    def warmup(self) -> None:
+        self.engine.warmup()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class _VAEStream:
+    def __init__(self, stream: VAEStream) -> None:
+        self.stream = stream
+
+    def decode(self, latent_frame: np.ndarray) -> np.ndarray:
+        frames = self.stream.decode(torch.from_numpy(np.ascontiguousarray(latent_frame, np.float32)))
+        return frames.cpu().numpy()
+
+
+class VAEFrameDecoder:
+    """A pack's Wan VAE, streamed: one causal cache per take, carried across its chunks."""
+
+    def __init__(self, pack: Pack, *, tile: int = 32, overlap: int = 8) -> None:
+        self.vae: Any = load_component(pack, "decoder")
+        self.tile, self.overlap = tile, overlap
+        self.info = EngineInfo(backend="torch", graph="decoder", device="cpu", precision="fp32",
+                               providers=("torch",), details={"decoder": "streaming Wan VAE (previz.vae_stream)"})
+
+    def open(self, first_latent: int = 0, previous: np.ndarray | None = None) -> FrameStream:
+        stream = VAEStream(self.vae, tile=self.tile, overlap=self.overlap)
+        if first_latent > 0 and previous is not None:
+            # Resuming mid-take: the cache is rebuilt from the frame before, whose pictures were sent already.
+            stream.decode(torch.from_numpy(np.ascontiguousarray(previous, np.float32)))
+        return _VAEStream(stream)
+
+    def warmup(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def streams_with_vae(pack: Pack) -> bool:
+    """Whether the pack's draft decoder is its Wan VAE (an imported checkpoint) rather than a frame-wise graph."""
+    return pack.component("decoder").cls == "AutoencoderKLWan"
