@@ -315,6 +315,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _draft_graphs(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     from previz.draft_graphs import build_decoder_graph, build_denoiser_graph
+    from previz.frame_decoder import streams_with_vae
     from previz.recipe import resolve
     from previz.text import text_shape
 
@@ -324,6 +325,8 @@ def _draft_graphs(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     tokens, dim = text_shape(pack)
     assert recipe.width and recipe.height
     denoiser, _ = build_denoiser_graph(pack, recipe.width, recipe.height, text_tokens=tokens, text_dim=dim)
+    if streams_with_vae(pack):  # an imported checkpoint decodes with its own VAE, in torch: no decoder graph
+        return pack, [denoiser]
     return pack, [denoiser, build_decoder_graph(pack, recipe.width, recipe.height)]
 
 

@@ -139,6 +139,9 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
 
 
 def build_decoder_graph(pack: Pack, width: int, height: int) -> Graph:
+    if pack.component("decoder").cls != "AutoencoderTiny":
+        raise PackError(f"pack {pack.id!r}: its decoder is a {pack.component('decoder').cls}, which previz streams "
+                        "(previz.vae_stream) rather than running as a frame-wise graph")
     layout = pack.latent
     autoencoder = load_component(pack, "decoder")
     expected = 3 * layout.temporal
