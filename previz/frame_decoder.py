@@ -39,8 +39,8 @@ class FrameDecoder(Protocol):
     def open(self, first_latent: int = 0, previous: np.ndarray | None = None) -> FrameStream:
         """A stream for one take, starting at latent frame ``first_latent``.
 
-        ``previous`` is the latent frame just before it, when a take resumes
-        mid-way: a stateful decoder warms its cache on it.
+        ``previous`` holds the latent frames just before it [1, C, n, h, w],
+        when a take resumes mid-way: a stateful decoder warms its cache on them.
         """
         ...
 
@@ -99,8 +99,11 @@ class VAEFrameDecoder:
     def open(self, first_latent: int = 0, previous: np.ndarray | None = None) -> FrameStream:
         stream = VAEStream(self.vae, tile=self.tile, overlap=self.overlap)
         if first_latent > 0 and previous is not None:
-            # Resuming mid-take: the cache is rebuilt from the frame before, whose pictures were sent already.
-            stream.decode(torch.from_numpy(np.ascontiguousarray(previous, np.float32)))
+            # Resuming mid-take: the cache is rebuilt from the frames before, whose pictures were sent already.
+            # Close to, not exactly, an uninterrupted take's: that cache has seen the whole clip so far.
+            warm = torch.from_numpy(np.ascontiguousarray(previous, np.float32))
+            for k in range(warm.shape[2]):
+                stream.decode(warm[:, :, k])
         return _VAEStream(stream)
 
     def warmup(self) -> None:

@@ -297,7 +297,7 @@ class Take:
         self.prompt = model.text(recipe.prompt)
         self.negative = model.text(recipe.negative_prompt) if recipe.guidance != 1.0 else None
         resume = None if self.done else self.chunks[self.state.next_chunk].start
-        previous = self.state.context[:, :, -1] if self.state.context is not None else None
+        previous = self.state.context  # the frames before a resumed take's next chunk, to warm a stateful decoder
         self.decode = model.frame_decoder.open(resume or 0, previous)  # one decoder stream per take
 
     @property

@@ -17,7 +17,7 @@ from test_server import open_client
 
 from previz.errors import PackError
 from previz.pack_import import ImportOptions, import_checkpoint
-from previz.packs import MANIFEST_NAME, load_pack, parse_manifest, user_packs_dir
+from previz.packs import MANIFEST_NAME, LatentLayout, load_pack, parse_manifest, user_packs_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
 
@@ -280,3 +280,49 @@ def test_an_imported_a14b_directory_is_a_final_pack_that_renders_a_promoted_draf
         assert job.state == "done" and Path(job.output).exists()
         plan = json.loads(json.dumps(job.options))
         assert plan["pack"] == "imp-a14b"
+
+
+# ----------------------------------------------------------------------------- a tiny decoder; a resumed take
+
+
+def test_a_checkpoint_with_a_tiny_safetensors_decoder_drafts_with_it(wan_checkpoint, tmp_path, cache_dir):
+    from previz.pack_builder import new_autoencoder
+    from previz.recipe import Recipe, resolve
+    from previz.take import DraftModel
+
+    directory = tmp_path / "with-decoder"
+    shutil.copytree(wan_checkpoint("wan2.1"), directory)
+    layout = LatentLayout(space="wan2.1", channels=16, temporal=4, spatial=8, causal_first_frame=True)
+    torch.manual_seed(0)
+    new_autoencoder(layout, 8).save_pretrained(directory / "decoder", safe_serialization=True)
+    pack = import_checkpoint(directory, ImportOptions(name="imp-tiny-decoder", width=64, height=32, text_tokens=16,
+                                                      force=True))
+    assert pack.component("decoder").cls == "AutoencoderTiny" and pack.component("decoder").subfolder == "decoder"
+    model = DraftModel(load_pack("imp-tiny-decoder"), "torch", cache_dir=cache_dir)
+    assert model.decoder_graph is not None  # the frame-wise graph, on the take's backend
+    frames = list(model.generate(resolve(Recipe(prompt="a red cube", seed=1, seconds=1.0), pack)))
+    assert [f.index for f in frames] == list(range(16))  # the causal first latent frame gives one frame
+
+
+def test_a_streamed_take_resumes_with_the_same_frames_and_a_warmed_cache(wan21, cache_dir):
+    """A resumed take rebuilds the VAE's causal cache from the saved context latents: the same frames, and the
+    same pixels where the context reaches back to the take's start (later, nearly the same)."""
+    from previz.recipe import Recipe
+    from previz.take import DraftModel, Take, TakeState
+
+    model = DraftModel(wan21, "torch", cache_dir=cache_dir)
+    recipe = Recipe(prompt="a slow dolly past a diner", seed=3, seconds=3.0)
+    whole = np.stack([f.image for f in model.generate(recipe)])
+    for after, tolerance in ((1, 0.0), (2, 8.0)):
+        first = Take(model, recipe)
+        done = []
+        for _ in range(after):
+            done += [f.image for f in first.step()[2]]
+        again = Take(model, recipe, state=TakeState(first.state.next_chunk, first.state.context.copy()))
+        rest = []
+        while not again.done:
+            rest += [f.image for f in again.step()[2]]
+        assert len(done) + len(rest) == len(whole) and np.array_equal(np.stack(done), whole[:len(done)])
+        diff = np.abs(np.stack(rest).astype(int) - whole[len(done):])
+        print(f"resumed after {after} chunks: mean abs difference {diff.mean():.3f}, max {diff.max()}")
+        assert diff.mean() <= tolerance
