@@ -584,7 +584,9 @@ def check_safetensors_only(directory: Path) -> None:
         raise UnsafeWeightsError(
             f"{unsafe[0]} is not safetensors: previz loads safetensors only, because pickle "
             f"formats ({', '.join(UNSAFE_SUFFIXES)}) can run code when loaded. "
-            "Convert the weights with safetensors' save_file, then remove the original.",
+            "Convert the weights with safetensors' save_file, then remove the original: python -c \"import torch; "
+            "from safetensors.torch import save_file; save_file(torch.load('IN', weights_only=True), "
+            "'OUT.safetensors')\" (diffusers names a model's file diffusion_pytorch_model.safetensors)",
             field="pack",
             value=str(unsafe[0]),
         )
@@ -608,6 +610,10 @@ def check_stamps(pack: Pack) -> None:
     verify``), so a file edited, truncated or replaced since then is caught here
     without reading tens of GB.
     """
+    if pack.weights is not None and not pack.weights.is_dir():
+        raise PackError(f"pack {pack.id!r} points at {pack.weights}, which is not there any more: import the "
+                        f"checkpoint again from where it is now (previz pack import DIR --name {pack.id} --force)",
+                        field="pack", value=pack.id)
     for name, comp in pack.components.items():
         directory = pack.component_dir(name)
         if not comp.stamp:

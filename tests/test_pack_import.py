@@ -202,6 +202,9 @@ def test_a_load_checks_stamps_and_verify_rehashes(wan_checkpoint, tmp_path):
     result = run_module_cli("pack", "verify", "imp-stamps")
     assert result.returncode == 2 and "does not match its manifest hashes" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    directory.rename(tmp_path / "moved")
+    with pytest.raises(PackError, match="which is not there any more: import the checkpoint again"):
+        load_pack("imp-stamps")
 
 
 # ----------------------------------------------------------------------------- bad imports
