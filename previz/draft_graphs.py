@@ -8,7 +8,11 @@ decoder:  latents [1, C, h, w] (one latent frame)  ->  frames [T, H, W, 3] in [0
 The decoder is frame-wise (the TAEHV pattern): one latent frame at a time, so
 the first picture leaves as soon as the first latent frame is denoised.  Its
 output channels hold ``T`` RGB frames side by side (channel = frame * 3 + rgb);
-the graph unfolds them into frames.
+the graph unfolds them into frames.  An imported Wan checkpoint has no such
+graph: it decodes with its own VAE, streamed (``previz.frame_decoder``).
+
+The conditioning a denoiser takes is read from the pack's typed sections
+(``previz.packs.Conditioning``), parsed once with the manifest.
 """
 
 from __future__ import annotations

@@ -298,7 +298,7 @@ class Take:
         self.negative = model.text(recipe.negative_prompt) if recipe.guidance != 1.0 else None
         resume = None if self.done else self.chunks[self.state.next_chunk].start
         previous = self.state.context  # the frames before a resumed take's next chunk, to warm a stateful decoder
-        self.decode = model.frame_decoder.open(resume or 0, previous)  # one decoder stream per take
+        self.frame_stream = model.frame_decoder.open(resume or 0, previous)  # one decoder stream per take
 
     @property
     def done(self) -> bool:
@@ -337,7 +337,7 @@ class Take:
         emitted = self.first_frame(chunk)
         for j in range(chunk.keep):
             start = time.perf_counter()
-            images = self.decode.decode(kept[:, :, j])  # exactly the video frames this latent frame holds
+            images = self.frame_stream.decode(kept[:, :, j])  # exactly the video frames this latent frame holds
             stats.decoder_calls += 1
             stats.decode_s += time.perf_counter() - start
             for image in images:
