@@ -70,7 +70,8 @@ def add_pack_parser(sub: Any) -> None:
     i.add_argument("--steps", type=int,
                    help="sampling steps (default 4 for a draft, for step-distilled students; a base model needs ~30)")
     i.add_argument("--shift", type=float, help="flow shift (default: the scheduler config's)")
-    i.add_argument("--guidance", type=float, help="classifier-free guidance (default 1: none; a base model wants ~5)")
+    i.add_argument("--guidance", type=float,
+                   help="classifier-free guidance (default: 1, none, for a draft; 4 and 3 for A14B's experts)")
     i.add_argument("--text-tokens", type=int, help="text states per prompt (default 512, as WanPipeline)")
     i.add_argument("--window-frames", type=int, help="latent frames per denoiser call (default 4)")
     i.add_argument("--context-frames", type=int, help="clean latent frames carried between windows (default 1)")

@@ -76,7 +76,7 @@ class ImportOptions:
     fps: int | None = None  # None: 16 for Wan 2.1's layout, 24 for Wan 2.2 TI2V's
     steps: int | None = None  # None: 4 for a draft, 40 for a final (WanPipeline's A14B default)
     shift: float | None = None  # None: the scheduler config's
-    guidance: float = 1.0
+    guidance: float | None = None  # None: 1 (none) for a draft; 4 and 3 for a final's two experts (WanPipeline's)
     text_tokens: int = 512  # WanPipeline's max_sequence_length
     window_frames: int = 4
     context_frames: int = 1
@@ -113,6 +113,7 @@ class WanCheckpoint:
     shift: float
     patch: int  # the transformer's spatial patch
     tiny_decoder: bool  # a frame-wise AutoencoderTiny in decoder/
+    vae_sha256: dict[str, str]  # hashed once, for the latent space id and the manifest
     diffusers_version: str
 
 
@@ -180,9 +181,8 @@ def read_checkpoint(directory: Path) -> WanCheckpoint:
     patch = transformer.get("patch_size") or [1, 2, 2]
     # A latent space is one VAE's weights: the same id only for the same files, so a draft hands its
     # latents to a final (latent handoff) only when both really share the VAE.
-    vae_hash = hashlib.sha256(
-        json.dumps(hash_component_dir(directory / "vae"), sort_keys=True).encode()
-    ).hexdigest()[:12]
+    vae_sha256 = hash_component_dir(directory / "vae")
+    vae_hash = hashlib.sha256(json.dumps(vae_sha256, sort_keys=True).encode()).hexdigest()[:12]
     latent = LatentLayout(space=f"wan-vae-z{z_dim}-{vae_hash}", channels=z_dim,
                           temporal=int(vae.get("scale_factor_temporal", 4)),
                           spatial=int(vae.get("scale_factor_spatial", 8)), causal_first_frame=True)
@@ -196,27 +196,28 @@ def read_checkpoint(directory: Path) -> WanCheckpoint:
         boundary_ratio=float(boundary) if has_second and boundary is not None else None, latent=latent,
         text_dim=text_dim,
         text_encoder=str(index["text_encoder"][1]), shift=float(shift), patch=int(patch[1]), tiny_decoder=tiny,
-        diffusers_version=str(index.get("_diffusers_version", "")),
+        diffusers_version=str(index.get("_diffusers_version", "")), vae_sha256=vae_sha256,
     )
 
 
 def _component(ckpt: WanCheckpoint, name: str, cls: str, subfolder: str, **extra: Any) -> Component:
     directory = ckpt.directory / subfolder
-    sha = hash_component_dir(directory)  # once, here: loads compare the stamps
+    # Hashed once, here (the VAE already was, for its latent space id): loads compare the stamps.
+    sha = ckpt.vae_sha256 if subfolder == "vae" else hash_component_dir(directory)
     return Component(name=name, cls=cls, subfolder=subfolder, sha256=sha, stamp=file_stamps(directory, sha), **extra)
 
 
 def plan_pack(ckpt: WanCheckpoint, options: ImportOptions, root: Path) -> Pack:
     """The pack an import writes: the manifest's content, with the weights hashed."""
     kind = options.kind or ("final" if len(ckpt.experts) == 2 else "draft")
+    if kind not in ("draft", "final"):
+        raise _fail(ckpt.directory, f"kind {kind!r} is not draft or final")
     if kind == "final" and len(ckpt.experts) != 2:
         raise _fail(ckpt.directory, "a final pack needs two experts (transformer_2 and boundary_ratio, as Wan 2.2 "
                                     "A14B has); import it as --kind draft")
     if kind == "draft" and len(ckpt.experts) == 2:
         raise _fail(ckpt.directory, "it is a two-expert (A14B) checkpoint, which previz runs as a final pack; "
                                     "import it with --kind final")
-    if kind not in ("draft", "final"):
-        raise _fail(ckpt.directory, f"kind {kind!r} is not draft or final")
     name = options.name or ckpt.directory.name
     if not _NAME.match(name):
         raise _fail(ckpt.directory, f"pack name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
@@ -234,8 +235,9 @@ def plan_pack(ckpt: WanCheckpoint, options: ImportOptions, root: Path) -> Pack:
         components["vae"] = _component(ckpt, "vae", "AutoencoderKLWan", "vae")
         components["text_encoder"] = encoder
         final = FinalDefaults(width=options.width, height=options.height, fps=fps, steps=options.steps or 40,
-                              shift=options.shift or ckpt.shift, guidance=options.guidance,
-                              guidance_2=options.guidance, size_multiple=multiple, text_tokens=options.text_tokens)
+                              shift=options.shift or ckpt.shift, guidance=options.guidance or 4.0,
+                              guidance_2=options.guidance or 3.0, size_multiple=multiple,
+                              text_tokens=options.text_tokens)
         return Pack(**common, components=components, description=f"Imported from {ckpt.directory} (Wan, two experts)",
                     conditioning=Conditioning(text=text), boundary_ratio=ckpt.boundary_ratio, final=final)
     decoder = (_component(ckpt, "decoder", "AutoencoderTiny", "decoder") if ckpt.tiny_decoder
@@ -243,7 +245,7 @@ def plan_pack(ckpt: WanCheckpoint, options: ImportOptions, root: Path) -> Pack:
     components = {"denoiser": _component(ckpt, "denoiser", "WanTransformer3DModel", "transformer"),
                   "decoder": decoder, "text_encoder": encoder}
     draft = DraftDefaults(width=options.width, height=options.height, fps=fps, steps=options.steps or 4,
-                          shift=options.shift or ckpt.shift, guidance=options.guidance,
+                          shift=options.shift or ckpt.shift, guidance=options.guidance or 1.0,
                           context_frames=options.context_frames, window_frames=options.window_frames,
                           size_multiple=multiple)
     context = ContextConditioning(kind="clean-latent-frames", frames=options.context_frames)

@@ -22,7 +22,6 @@ from previz.packs import MANIFEST_NAME, LatentLayout, load_pack, parse_manifest,
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
 
 SMALL = ["--width", "64", "--height", "32", "--text-tokens", "16"]
-TI2V_SMALL = ["--width", "64", "--height", "32", "--text-tokens", "16"]  # 64 is two 32-pixel cells: 16x * patch 2
 
 
 def _import(directory: Path, name: str, *extra: str) -> dict:
@@ -40,7 +39,7 @@ def wan21(wan_checkpoint):
 
 @pytest.fixture(scope="module")
 def ti2v(wan_checkpoint):
-    _import(wan_checkpoint("wan2.2-ti2v"), "imp-ti2v", *TI2V_SMALL)
+    _import(wan_checkpoint("wan2.2-ti2v"), "imp-ti2v", *SMALL)  # 64x32: whole 32-pixel cells (16x VAE, 2x2 patch)
     return load_pack("imp-ti2v")
 
 
@@ -241,6 +240,9 @@ def test_a_two_expert_directory_will_not_import_as_a_draft(wan_checkpoint):
         import_checkpoint(wan_checkpoint("wan2.2-a14b"), ImportOptions(name="imp-a14b-draft", kind="draft"))
     with pytest.raises(PackError, match="needs two experts"):
         import_checkpoint(wan_checkpoint("wan2.1"), ImportOptions(name="imp-21-final", kind="final"))
+    final = import_checkpoint(wan_checkpoint("wan2.2-a14b"), ImportOptions(name="imp-a14b-defaults", force=True))
+    assert final.kind == "final" and final.boundary_ratio == 0.875
+    assert (final.final.guidance, final.final.guidance_2, final.final.steps) == (4.0, 3.0, 40)  # WanPipeline's
 
 
 # ----------------------------------------------------------------------------- typed sections
@@ -268,7 +270,7 @@ def test_an_imported_a14b_directory_is_a_final_pack_that_renders_a_promoted_draf
     from previz.drafts import DraftStore
 
     manifest = _import(wan_checkpoint("wan2.2-a14b"), "imp-a14b", "--width", "64", "--height", "32",
-                       "--text-tokens", "16", "--steps", "4", "--fps", "16")
+                       "--text-tokens", "16", "--steps", "4", "--fps", "16", "--guidance", "1")
     assert manifest["kind"] == "final" and manifest["boundary_ratio"] == 0.875
     assert set(manifest["components"]) == {"transformer", "transformer_2", "vae", "text_encoder"}
     # Built with the same seed, the tiny 2.1 and A14B directories share their VAE weights, so they share a
