@@ -95,7 +95,10 @@ class _Bars:
 
 
 def _runner(store: DraftStore, args: argparse.Namespace) -> Any:
+    from previz.cli import _quiet_libraries
     from upscale.jobs import SEGMENT_FRAMES, JobRunner
+
+    _quiet_libraries()  # the weight-loading bars are not for a filmmaker's terminal
 
     return JobRunner(store, device=args.device, segment_frames=args.segment_frames or SEGMENT_FRAMES,
                      on_progress=_Bars(args.quiet), say=lambda m: print(m, file=sys.stderr))

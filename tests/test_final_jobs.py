@@ -128,33 +128,39 @@ def test_sigkill_mid_refine_vsr_and_encode_then_resume_is_byte_identical(tmp_pat
         reference = Path(JobRunner(ref_store, segment_frames=2).run(job_id).output).read_bytes()
 
     # Three frames in segments of two: segment 0 = frames 0-1, segment 1 = frame 2.  Progress lines
-    # come after each unit (a refine step, a frame through VSR into the encoder, a closed segment),
+    # come after each unit (a refine step, a decoded frame, a frame through VSR, a closed segment),
     # and the run pauses a second after each, which is when it is killed.
     store_args = ("--store", str(root))
+
+    def files(stage: str) -> list[int]:
+        with DraftStore(root) as store:
+            work = store.job_dir(job_id)
+            return sorted(i for i, f in store.units(job_id, stage).items() if (work / f).exists())
+
     # 1. Killed mid-refine: two of four steps checkpointed.
     _kill_after(_previz("jobs", "run", job_id, "--segment-frames", "2", *store_args, delay=1), "refine 2/4")
     with DraftStore(root) as store:
         job = store.job(job_id)
         assert job.state == "running" and job.progress["stage"] == "refine"  # the row still says running
-        assert sorted(store.units(job_id, "refine")) == [0, 1, 2]
         target = output_target(store, job)
-    assert not target.exists()
-    # 2. Resumed, then killed mid-VSR: frame 0 upscaled and in the encoder, frame 1 not yet upscaled.
-    seen = _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "vsr 1/3")
+    assert files("refine") == [0, 1, 2] and not target.exists()
+    # 2. Resumed, then killed mid-decode: two of three frames decoded.
+    seen = _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "decode 2/3")
     assert " refine 3/4" in seen[0]  # it carried on after step 2, not from the start
-    assert not target.exists()
-    with DraftStore(root) as store:
-        assert store.units(job_id, "deliver") == {}  # the half-made segment never became a unit
-    # 3. Resumed, then killed mid-encode: segment 0 closed, frame 2 in the encoder, segment 1 not closed.
-    _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "vsr 3/3")
-    assert not target.exists()
-    with DraftStore(root) as store:
-        assert sorted(store.units(job_id, "deliver")) == [0]
-    # 4. Resumed to the end.
+    assert files("decode") == [0, 1] and files("vsr") == [] and not target.exists()
+    # 3. Resumed, then killed mid-VSR: frame 0 upscaled and stored, frame 1 not yet.
+    seen = _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "vsr 1/3")
+    assert " decode 3/3" in seen[0]  # only the missing frame became a unit (the decoder was replayed)
+    assert files("vsr") == [0] and files("deliver") == [] and not target.exists()
+    # 4. Resumed, then killed mid-encode: segment 0 closed, frame 2 upscaled, segment 1 not closed.
+    seen = _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "vsr 3/3")
+    assert " vsr 2/3" in seen[0]  # frame 0 was not upscaled again
+    assert files("deliver") == [0] and files("vsr") == [2] and not target.exists()  # segment 0's frames went
+    # 5. Resumed to the end: nothing but the last segment's encode and the join is left.
     proc = _previz("jobs", "resume", job_id, *store_args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert "resuming delivery at segment 1" in err
+    assert [line.split(" ", 1)[1] for line in out.splitlines()[:-1]] == ["encode 2/2"]
     assert target.read_bytes() == reference
     with DraftStore(root) as store:
         assert store.job(job_id).state == "done"
