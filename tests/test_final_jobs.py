@@ -315,3 +315,36 @@ def test_a_crash_mid_delivery_with_a_temporal_window_resumes_to_the_same_bytes(t
         assert store.job(job.id).state == "failed" and sorted(store.units(job.id, "deliver")) == [0]
         done = JobRunner(store, upscaler=WindowedLanczos()).run(job.id, resume=True)  # its pinned segment length
         assert Path(done.output).read_bytes() == reference
+
+
+def test_a_promote_through_a_learned_vsr_pack_is_4k_and_says_which_upscaler(store, test_pack, final_pack, cache_dir,
+                                                                           capsys, tmp_path):
+    from previz.errors import BackendUnavailableError
+    from upscale.final_pack import build_vsr_pack
+    from upscale.vsr import import_spandrel
+
+    try:
+        import_spandrel()
+    except BackendUnavailableError:
+        pytest.skip("the learned VSR is an optional extra (pip install 'previz[vsr]')")
+    # A tiny SRVGGNetCompact x4 from spandrel's own class, as safetensors: loaded as a Real-ESRGAN file is.
+    pack = build_vsr_pack(tmp_path / "tiny-compact", pack_id="tiny-compact", config=dict(num_feat=8, num_conv=2))
+    draft = make_stored_draft(store, test_pack, cache_dir, seconds=0.1)
+    s = ("--store", str(store.root))
+    assert "not 'lanczos' and not an installed vsr pack" in _one_line_error(
+        *cli(capsys, "promote", draft.id, "--upscaler", "no-such-vsr", *s)[::2])
+    assert "is a final pack" in _one_line_error(
+        *cli(capsys, "promote", draft.id, "--upscaler", str(final_pack.root), *s)[::2])
+    assert store.jobs() == []
+    rc, _, err = cli(capsys, "promote", draft.id, "--format", "h265", "--size", SIZE, "--upscaler", str(pack.root),
+                     *s, "--run")
+    assert rc == 0, err
+    job = store.jobs(draft_id=draft.id)[0]
+    assert job.state == "done" and job.options["upscaler"] == str(pack.root)
+    info = ffprobe(Path(job.output))
+    video = [st for st in info["streams"] if st["codec_type"] == "video"][0]
+    assert (video["codec_name"], video["width"], video["height"]) == ("hevc", 3840, 2160)
+    assert int(video["nb_read_frames"]) == draft.frames
+    upscaler = json.loads(info["format"]["tags"]["comment"])["upscaler"]
+    assert (upscaler["name"], upscaler["trained"], upscaler["temporal_window"]) == ("tiny-compact", False, 3)
+    assert "SRVGGNetCompact x4" in upscaler["label"] and "UNTRAINED" in upscaler["label"]
