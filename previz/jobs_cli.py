@@ -111,7 +111,8 @@ def _finish(job: Any) -> None:
 def _run_elsewhere(store: DraftStore, args: argparse.Namespace, job_ids: list[str]) -> int:
     from upscale.executors import create_executor
 
-    executor = create_executor(args.executor, store, address=args.address, device=args.device)
+    executor = create_executor(args.executor, store, address=args.address, device=args.device,
+                               segment_frames=args.segment_frames)
     try:
         outcomes = executor.run(job_ids)
     finally:

@@ -1,4 +1,4 @@
-"""The tiled VSR: tiles blend back to the whole-frame result; pictures are fitted; learned VSR packs load via spandrel."""
+"""The tiled VSR: tiles blend back to the whole-frame result; pictures are fitted; VSR packs load via spandrel."""
 
 from __future__ import annotations
 
