@@ -148,7 +148,9 @@ class RayExecutor:
         if self._started_here:
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": env} if env else None)
-        task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=RETRIED_EXCEPTIONS)
+        # Ray's stubs type retry_exceptions as a bool; its docs (and code) also take a list of exception types.
+        task: Any = ray.remote(num_cpus=1, max_retries=max_retries,
+                               retry_exceptions=RETRIED_EXCEPTIONS)  # type: ignore[call-overload]
         self._prepare, self._vsr, self._encode, self._join = (
             task(f) for f in (prepare_task, vsr_task, encode_task, join_task))
 
