@@ -71,6 +71,7 @@ class Lanczos:
     trained: bool = False
     temporal_window: int = 1
     margin: int = 4  # Lanczos-3 reaches 3 source pixels; one more for rounding at the tile edge
+    tile: int = 768
 
     def __call__(self, crops: list[np.ndarray], box: Box, size: tuple[int, int]) -> np.ndarray:
         crop = crops[-1]  # the current frame: Lanczos has no temporal context
@@ -112,8 +113,9 @@ def _starts(total: int, tile: int, overlap: int) -> list[int]:
 class TiledVSR:
     """Upscale frames to a delivery size through an :class:`Upscaler`, tile by tile."""
 
-    def __init__(self, upscaler: Upscaler, src: tuple[int, int], dst: tuple[int, int], *, tile: int = 768,
+    def __init__(self, upscaler: Upscaler, src: tuple[int, int], dst: tuple[int, int], *, tile: int | None = None,
                  overlap: int = 32) -> None:
+        tile = int(tile or getattr(upscaler, "tile", 768))  # output pixels; the upscaler's own preference
         if overlap * 2 >= tile:
             raise ValueError(f"overlap ({overlap}) must be less than half the tile ({tile})")
         self.upscaler, self.src, self.dst, self.tile, self.overlap = upscaler, src, dst, tile, overlap
@@ -231,8 +233,13 @@ class NetworkUpscaler:
 
     ``margin`` covers the network's receptive field (a border of reflected or
     zero padding would otherwise differ between a tile and the whole frame)
-    plus Lanczos' reach.
+    plus Lanczos' reach.  ``tile`` (output pixels) defaults to the whole frame:
+    the network runs at the source size, which a 720p source fits on any
+    device, and every tile's margin is work done twice.  Lower it where memory
+    is short.
     """
+
+    tile = 4096
 
     def __init__(self, module: torch.nn.Module, *, name: str, label: str, trained: bool, scale: int,
                  temporal_window: int = 1, margin: int = 16, threshold: float = 0.04, device: str = "cpu") -> None:
