@@ -115,7 +115,8 @@ class TiledVSR:
 
     def __init__(self, upscaler: Upscaler, src: tuple[int, int], dst: tuple[int, int], *, tile: int | None = None,
                  overlap: int = 32) -> None:
-        tile = int(tile or getattr(upscaler, "tile", 768))  # output pixels; the upscaler's own preference
+        if tile is None:
+            tile = int(getattr(upscaler, "tile", 768))  # output pixels: the upscaler's own preference
         if overlap * 2 >= tile:
             raise ValueError(f"overlap ({overlap}) must be less than half the tile ({tile})")
         self.upscaler, self.src, self.dst, self.tile, self.overlap = upscaler, src, dst, tile, overlap
