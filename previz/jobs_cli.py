@@ -52,7 +52,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     with _open(args) as store:
         job = store.job(args.id)
         out = job.to_dict()
-        out["units"] = {stage: len(store.units(job.id, stage)) for stage in ("refine", "deliver")}
+        out["units"] = {stage: len(store.units(job.id, stage)) for stage in ("refine", "decode", "vsr", "deliver")}
     print(json.dumps(out, indent=2, sort_keys=True))
     return 0
 
