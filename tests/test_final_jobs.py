@@ -335,6 +335,10 @@ def test_a_promote_through_a_learned_vsr_pack_is_4k_and_says_which_upscaler(stor
         *cli(capsys, "promote", draft.id, "--upscaler", "no-such-vsr", *s)[::2])
     assert "is a final pack" in _one_line_error(
         *cli(capsys, "promote", draft.id, "--upscaler", str(final_pack.root), *s)[::2])
+    from previz.errors import DraftError
+
+    with pytest.raises(DraftError, match="unknown final-render option 'upscaler'"):
+        store.promote(draft.id, {"upscaler": str(pack.root)})  # a page's client names no pack on this machine
     assert store.jobs() == []
     rc, _, err = cli(capsys, "promote", draft.id, "--format", "h265", "--size", SIZE, "--upscaler", str(pack.root),
                      *s, "--run")
