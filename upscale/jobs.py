@@ -80,6 +80,7 @@ SEGMENT_FRAMES = 8
 # Fault injection for the crash tests: sleep this long after every progress event, so a
 # test can SIGKILL the process at a chosen point.  Never set in normal use.
 UNIT_DELAY_ENV = "PREVIZ_JOB_UNIT_DELAY_S"
+PLAN_FILE = "plan.json"  # in the job's directory: the pinned render (see Render)
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,6 @@ class Render:
                    threads=int(record["threads"]),
                    meta=DeliveryMeta(draft_id=m["draft_id"], job_id=m["job_id"], recipe=m["recipe"], fps=m["fps"],
                                      timecode=m["timecode"], extra=m["extra"]))
-
-
-PLAN_FILE = "plan.json"
 
 
 def quantize(frame: np.ndarray) -> np.ndarray:
