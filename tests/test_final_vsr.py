@@ -147,3 +147,12 @@ def test_a_vsr_pack_that_lies_about_itself_is_refused(vsr_pack, tmp_path):
     (wrong / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(PackError, match="temporal_window = 0"):
         upscaler_for(str(wrong))
+
+
+def test_loading_spandrel_leaves_no_torchvision_placeholder_behind(vsr_pack):
+    import importlib.util
+    import sys
+
+    upscaler_for(str(vsr_pack.root))
+    if importlib.util.find_spec("torchvision") is None:  # a CPU install: still none, for every library
+        assert "torchvision" not in sys.modules

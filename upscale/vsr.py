@@ -193,12 +193,18 @@ def import_spandrel() -> Any:
     two architectures previz never loads (LaMa, RestoreFormer).  PyPI's
     torchvision wheels are built against CUDA torch and fail to import beside
     the CPU build, so a CPU install has none: ``previz[vsr]`` installs spandrel
-    without dependencies, and here torchvision's place is taken by a module
-    whose functions refuse to run.  A working torchvision is used as it is.
+    without dependencies, and while spandrel imports, torchvision's place is
+    taken by a module whose functions refuse to run.  It leaves
+    ``sys.modules`` once spandrel holds its names, so other libraries still
+    find no torchvision (diffusers, for one, asks).  A working torchvision is
+    used as it is.
     """
     import sys
     import types
 
+    if "spandrel" in sys.modules:
+        return sys.modules["spandrel"]
+    placeholder: list[str] = []
     try:
         import torchvision.transforms.functional  # noqa: F401
     except Exception:  # absent, or a CUDA build beside CPU torch (RuntimeError at import)
@@ -216,8 +222,8 @@ def import_spandrel() -> Any:
         package = types.ModuleType("torchvision")
         package.transforms = transforms  # type: ignore[attr-defined]
         package.__path__ = []  # a package, so submodule imports resolve through sys.modules
-        sys.modules.update({"torchvision": package, "torchvision.transforms": transforms,
-                            "torchvision.transforms.functional": functional})
+        placeholder = ["torchvision", "torchvision.transforms", "torchvision.transforms.functional"]
+        sys.modules.update(zip(placeholder, (package, transforms, functional), strict=True))
     try:
         import spandrel
     except ImportError as exc:
@@ -226,6 +232,9 @@ def import_spandrel() -> Any:
         raise BackendUnavailableError(f"a learned VSR pack needs spandrel ({exc.name or exc} is missing): "
                                       "pip install 'previz[vsr]' && pip install --no-deps 'spandrel>=0.4.2'",
                                       field="upscaler", value="spandrel") from None
+    finally:
+        for name in placeholder:
+            sys.modules.pop(name, None)
     return spandrel
 
 
