@@ -156,3 +156,21 @@ def test_loading_spandrel_leaves_no_torchvision_placeholder_behind(vsr_pack):
     upscaler_for(str(vsr_pack.root))
     if importlib.util.find_spec("torchvision") is None:  # a CPU install: still none, for every library
         assert "torchvision" not in sys.modules
+
+
+def test_make_vsr_pack_turns_a_safetensors_network_into_a_pack(vsr_pack, tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import make_vsr_pack
+
+    weights = vsr_pack.component_dir("upscaler") / "model.safetensors"
+    out = tmp_path / "from-file"
+    assert make_vsr_pack.main([str(weights), "--id", "from-file", "--out", str(out), "--window", "2",
+                               "--label", "a test network"]) == 0
+    assert "SRVGGNetCompact x4, window 2, UNTRAINED" in capsys.readouterr().out
+    up = upscaler_for(str(out))
+    assert (up.name, up.scale, up.temporal_window, up.trained) == ("from-file", 4, 2, False)
+    assert make_vsr_pack.main([str(tmp_path / "nope.pth"), "--id", "x", "--out", str(tmp_path / "x")]) == 2
+    assert "is not a .safetensors file" in capsys.readouterr().err

@@ -267,6 +267,30 @@ class NetworkUpscaler:
         return Lanczos()([np.ascontiguousarray(y)], (box[0] * s, box[1] * s, box[2] * s, box[3] * s), size)
 
 
+def _spandrel_model(state: dict[str, torch.Tensor], where: str) -> Any:
+    """spandrel's ModelLoader on a state dict: its model descriptor (architecture, scale, module)."""
+    from previz.errors import PackError
+
+    spandrel = import_spandrel()
+    try:
+        return spandrel.ModelLoader().load_from_state_dict(state)
+    except Exception as exc:  # spandrel's UnsupportedModelError and friends: not a network it knows
+        raise PackError(f"{where}: spandrel cannot load the weights ({exc})", field="upscaler", value=None) from None
+
+
+def describe_network(state: dict[str, torch.Tensor]) -> tuple[str, int]:
+    """(manifest class, scale) of a Real-ESRGAN-family state dict, as spandrel detects it."""
+    from previz.errors import PackError
+
+    descriptor = _spandrel_model(state, "a VSR network")
+    by_arch = {arch: cls for cls, arch in SPANDREL_ARCHES.items()}
+    arch = descriptor.architecture.id
+    if arch not in by_arch:
+        raise PackError(f"these weights are a {arch} network; a VSR pack takes {', '.join(SPANDREL_ARCHES)}",
+                        field="upscaler", value=arch)
+    return by_arch[arch], int(descriptor.scale)
+
+
 def load_vsr_pack(ref: str, *, device: str = "cpu") -> NetworkUpscaler:
     """A VSR pack's network through spandrel, from its safetensors state dict (as a Real-ESRGAN file loads)."""
     import safetensors.torch
@@ -285,13 +309,7 @@ def load_vsr_pack(ref: str, *, device: str = "cpu") -> NetworkUpscaler:
     if len(files) != 1:
         raise PackError(f"pack {pack.id!r}: the upscaler is one .safetensors file; found {len(files)}",
                         field="upscaler", value=ref)
-    spandrel = import_spandrel()
-    state = safetensors.torch.load_file(str(files[0]))
-    try:
-        descriptor = spandrel.ModelLoader().load_from_state_dict(state)
-    except Exception as exc:  # spandrel's UnsupportedModelError and friends: not a network it knows
-        raise PackError(f"pack {pack.id!r}: spandrel cannot load its upscaler ({exc})", field="upscaler",
-                        value=ref) from None
+    descriptor = _spandrel_model(safetensors.torch.load_file(str(files[0])), f"pack {pack.id!r}")
     arch = descriptor.architecture.id
     if arch != SPANDREL_ARCHES[component.cls]:
         raise PackError(f"pack {pack.id!r}: the manifest says {component.cls}, the weights are a {arch} network",
