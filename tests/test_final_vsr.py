@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from upscale.vsr import Lanczos, NetworkUpscaler, TiledVSR, fit_rect, stabilize, upscaler_for
 
@@ -174,3 +175,14 @@ def test_make_vsr_pack_turns_a_safetensors_network_into_a_pack(vsr_pack, tmp_pat
     assert (up.name, up.scale, up.temporal_window, up.trained) == ("from-file", 4, 2, False)
     assert make_vsr_pack.main([str(tmp_path / "nope.pth"), "--id", "x", "--out", str(tmp_path / "x")]) == 2
     assert "is not a .safetensors file" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_a_vsr_pack_on_cuda_runs_in_fp16_and_matches_the_cpu(vsr_pack):
+    cpu = upscaler_for(str(vsr_pack.root))
+    gpu = upscaler_for(str(vsr_pack.root), device="cuda")
+    assert gpu.dtype == torch.float16 and cpu.dtype == torch.float32
+    f = frame(64, 36)
+    a = TiledVSR(cpu, (64, 36), (960, 540)).upscale([f])
+    b = TiledVSR(gpu, (64, 36), (960, 540)).upscale([f])
+    assert np.abs(a - b).max() < 2e-2

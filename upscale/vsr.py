@@ -252,16 +252,19 @@ class NetworkUpscaler:
     tile = 4096
 
     def __init__(self, module: torch.nn.Module, *, name: str, label: str, trained: bool, scale: int,
-                 temporal_window: int = 1, margin: int = 16, threshold: float = 0.04, device: str = "cpu") -> None:
+                 temporal_window: int = 1, margin: int = 16, threshold: float = 0.04, device: str = "cpu",
+                 half: bool = False) -> None:
         self.module, self.name, self.label, self.trained = module.eval(), name, label, trained
         self.scale, self.temporal_window, self.margin, self.threshold = scale, temporal_window, margin, threshold
         self.device = torch.device(device)
-        self.module.to(self.device)
+        # fp16 on a GPU where the network supports it (as Real-ESRGAN runs); fp32 on a CPU.
+        self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
+        self.module.to(self.device, self.dtype)
 
     def __call__(self, crops: list[np.ndarray], box: Box, size: tuple[int, int]) -> np.ndarray:
         source = stabilize(crops, self.threshold) if len(crops) > 1 else crops[-1]
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(source.transpose(2, 0, 1)))[None].to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(source.transpose(2, 0, 1)))[None].to(self.device, self.dtype)
             y = self.module(x)[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
         s = float(self.scale)
         return Lanczos()([np.ascontiguousarray(y)], (box[0] * s, box[1] * s, box[2] * s, box[3] * s), size)
@@ -323,7 +326,8 @@ def load_vsr_pack(ref: str, *, device: str = "cpu") -> NetworkUpscaler:
     label = pack.label if pack.trained else f"{pack.label} (UNTRAINED weights: not a real upscaler)"
     return NetworkUpscaler(descriptor.model, name=pack.id, label=f"{component.cls} x{pack.scale}: {label}",
                            trained=pack.trained, scale=int(descriptor.scale),
-                           temporal_window=pack.temporal_window or 1, margin=margin, device=device)
+                           temporal_window=pack.temporal_window or 1, margin=margin, device=device,
+                           half=bool(descriptor.supports_half))
 
 
 def upscaler_for(name: str, *, device: str = "cpu") -> Upscaler:
