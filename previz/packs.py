@@ -48,6 +48,8 @@ DIFFUSERS_CLASSES = frozenset(
     {"WanTransformer3DModel", "AutoencoderTiny", "AutoencoderKLWan", "AutoencoderKL"}
 )
 TRANSFORMERS_CLASSES = frozenset({"BertModel", "UMT5EncoderModel", "T5EncoderModel"})
+# VSR upscalers, loaded from a safetensors state dict by spandrel (upscale/vsr.py).
+SPANDREL_CLASSES = frozenset({"SRVGGNetCompact", "RRDBNet"})
 
 # Packages that may hold a pack component.  A manifest names a package by
 # string, and must not be able to point the loader into any installed package.
@@ -250,6 +252,7 @@ class Pack:
     boundary_ratio: float | None = None  # final packs: where the high-noise expert hands over
     final: FinalDefaults | None = None  # final packs: sampling defaults
     scale: int | None = None  # vsr packs
+    temporal_window: int | None = None  # vsr packs: frames the upscaler looks at (1: per frame)
     training: dict[str, Any] = field(default_factory=dict)  # how trained weights were made (steps, clips, hours)
     weights: Path | None = None  # imported packs: the checkpoint directory the components live in
     source: dict[str, Any] = field(default_factory=dict)  # imported packs: what was imported, from where
@@ -439,7 +442,7 @@ def parse_manifest(data: Any, root: Path) -> Pack:
         if not isinstance(c, dict):
             raise PackError(f"{at}: expected an object")
         cls, sha = c.get("class"), c.get("sha256")
-        if cls not in DIFFUSERS_CLASSES | TRANSFORMERS_CLASSES:
+        if cls not in DIFFUSERS_CLASSES | TRANSFORMERS_CLASSES | SPANDREL_CLASSES:
             raise PackError(f"{at}: unsupported class {cls!r}")
         if not isinstance(sha, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sha.items()):
             raise PackError(f"{at}: sha256 must map file names to hashes")
@@ -472,6 +475,10 @@ def parse_manifest(data: Any, root: Path) -> Pack:
         raise PackError(f"{where}: a {kind} pack needs components {', '.join(missing)}")
     if kind == "draft" and draft is None:
         raise PackError(f"{where}: a draft pack needs a 'draft' section")
+    for key in ("scale", "temporal_window") if kind == "vsr" else ():
+        value = data.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PackError(f"{where}: a vsr pack's {key} = {value!r} must be an integer of at least 1")
     boundary = data.get("boundary_ratio")
     if kind == "final" and not (isinstance(boundary, (int, float)) and 0.0 < boundary < 1.0):
         raise PackError(f"{where}: a final pack needs boundary_ratio in (0, 1)")
@@ -501,6 +508,7 @@ def parse_manifest(data: Any, root: Path) -> Pack:
         boundary_ratio=boundary,
         final=final,
         scale=data.get("scale"),
+        temporal_window=data.get("temporal_window"),
         training=dict(training),
         weights=weights,
         source=dict(source),
@@ -539,6 +547,8 @@ def manifest_dict(pack: Pack) -> dict[str, Any]:
         out["final"] = dataclasses.asdict(pack.final)
     if pack.scale is not None:
         out["scale"] = pack.scale
+    if pack.temporal_window is not None:
+        out["temporal_window"] = pack.temporal_window
     if pack.training:
         out["training"] = pack.training
     if pack.weights is not None:
