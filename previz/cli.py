@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from previz.drafts_cli import add_drafts_parser, add_output_flags
 from previz.errors import PrevizError, UnknownPackError, engine_errors
 from previz.jobs_cli import add_jobs_parser
+from previz.pack_cli import add_pack_parser
 from previz.recipe import DEFAULT_PACK, Recipe
 
 EXIT_USER_ERROR = 2
@@ -159,7 +160,15 @@ def _render_draft(args: argparse.Namespace, recipe: Recipe, output: Path, store:
     _say(f"seed {recipe.seed}; " + (f"stored as draft {draft_id} in {store.root} (see `previz drafts list`)"
                                     if store is not None else "not stored (--no-store)"))
     untrained_note(pack)
+    camera_note(pack, asked=bool(args.camera or args.camera_file or args.shake or args.scene))
     return 0
+
+
+def camera_note(pack: Any, *, asked: bool) -> None:
+    """Say so when a camera or scene was asked of a pack that does not take one (never ignore it silently)."""
+    if asked and not pack.conditioning.steers_camera:
+        _say(f"note: pack {pack.id} takes text only: the camera and scene you gave are recorded "
+             "in the recipe but do not steer this pack's drafts")
 
 
 def camera_spec(args: argparse.Namespace, pack: Any) -> dict[str, Any] | None:
@@ -328,6 +337,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _draft_graphs(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     from previz.draft_graphs import build_decoder_graph, build_denoiser_graph
+    from previz.frame_decoder import streams_with_vae
     from previz.recipe import resolve
     from previz.text import text_shape
 
@@ -337,6 +347,8 @@ def _draft_graphs(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     tokens, dim = text_shape(pack)
     assert recipe.width and recipe.height
     denoiser, _ = build_denoiser_graph(pack, recipe.width, recipe.height, text_tokens=tokens, text_dim=dim)
+    if streams_with_vae(pack):  # an imported checkpoint decodes with its own VAE, in torch: no decoder graph
+        return pack, [denoiser]
     return pack, [denoiser, build_decoder_graph(pack, recipe.width, recipe.height)]
 
 
@@ -432,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_drafts_parser(sub)
     add_jobs_parser(sub)
+    add_pack_parser(sub)
 
     c = sub.add_parser("camera", help="write a camera path as .chan (Nuke/Blender) or .json")
     c.add_argument("camera", nargs="?", metavar="PRESET[:SPEED]", help="a preset (default static)")

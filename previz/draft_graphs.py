@@ -8,14 +8,17 @@ decoder:  latents [1, C, h, w] (one latent frame)  ->  frames [T, H, W, 3] in [0
 The decoder is frame-wise (the TAEHV pattern): one latent frame at a time, so
 the first picture leaves as soon as the first latent frame is denoised.  Its
 output channels hold ``T`` RGB frames side by side (channel = frame * 3 + rgb);
-the graph unfolds them into frames.
+the graph unfolds them into frames.  An imported Wan checkpoint has no such
+graph: it decodes with its own VAE, streamed (``previz.frame_decoder``).
+
+The conditioning a denoiser takes is read from the pack's typed sections
+(``previz.packs.Conditioning``), parsed once with the manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,16 +26,8 @@ from torch import nn
 
 from engines.graphs import Graph
 from previz.errors import PackError
-from previz.packs import Pack, load_component
+from previz.packs import ControlConditioning, Pack, load_component
 from previz.wan_onnx import onnx_friendly
-
-SUPPORTED_CONDITIONING = ("text", "context", "camera", "control")
-CAMERA_KINDS = ("plucker",)
-# Control videos a denoiser can take as extra channels.  "blockout" is the
-# scene renderer's G-buffer (depth code + flat albedo), rendered at 1/scale of
-# the pixel size and pixel-unshuffled to latent resolution.  A depth video
-# encoded by the pack's VAE (Wan Fun Control, VACE) is the next kind on this seam.
-CONTROL_KINDS = ("blockout",)
 
 
 class DenoiserGraph(nn.Module):
@@ -64,44 +59,24 @@ class ControlDenoiserGraph(DenoiserGraph):
         return self.transformer(x, timesteps, text, return_dict=False)[0]
 
 
-@dataclass(frozen=True)
-class ControlSpec:
-    """The manifest's ``conditioning.control``: what control video the denoiser reads."""
-
-    kind: str
-    scale: int  # rendered at 1/scale of the pixel size, then pixel-unshuffled by spatial/scale
-    channels: int  # per latent frame, as the denoiser takes them
-
-
-def control_spec(pack: Pack) -> ControlSpec | None:
-    """The pack's control conditioning, checked against its latent layout (None: it takes none)."""
-    control = pack.conditioning.get("control")
-    if not control:
+def control_spec(pack: Pack) -> ControlConditioning | None:
+    """The pack's control conditioning, checked against the scene renderer's channels (None: it takes none)."""
+    control = pack.conditioning.control
+    if control is None:
         return None
-    if not isinstance(control, dict) or control.get("kind") not in CONTROL_KINDS:
-        kind = control.get("kind") if isinstance(control, dict) else control
-        raise PackError(f"pack {pack.id!r}: control conditioning {kind!r} is not one of {CONTROL_KINDS}")
-    from previz.blockout import control_channels
+    from previz.blockout import control_channels  # the renderer (and torch) only for packs that need it
 
-    scale, channels = control.get("scale"), control.get("channels")
-    spatial = pack.latent.spatial
-    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1 or spatial % scale:
-        raise PackError(f"pack {pack.id!r}: control scale {scale!r} must be a positive divisor of {spatial}")
-    expected = control_channels(pack.latent.temporal, spatial, scale)
-    if channels != expected:
-        raise PackError(f"pack {pack.id!r}: a blockout control at scale {scale} has {expected} channels, "
-                        f"the manifest says {channels!r}")
-    return ControlSpec(kind=str(control["kind"]), scale=scale, channels=expected)
+    expected = control_channels(pack.latent.temporal, pack.latent.spatial, control.scale)
+    if control.channels != expected:
+        raise PackError(f"pack {pack.id!r}: a blockout control at scale {control.scale} has {expected} channels, "
+                        f"the manifest says {control.channels!r}")
+    return control
 
 
 def camera_channels(pack: Pack) -> int:
     """Channels of camera conditioning the pack's denoiser takes (0: none)."""
-    camera = pack.conditioning.get("camera")
-    if not camera:
-        return 0
-    if camera.get("kind") not in CAMERA_KINDS:
-        raise PackError(f"pack {pack.id!r}: camera conditioning {camera.get('kind')!r} is not one of {CAMERA_KINDS}")
-    return 6 * pack.latent.temporal
+    camera = pack.conditioning.camera
+    return camera.channels if camera else 0
 
 
 class DecoderGraph(nn.Module):
@@ -125,17 +100,6 @@ def _source_hash(pack: Pack, component: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def check_conditioning(pack: Pack) -> None:
-    extra = sorted(k for k, v in pack.conditioning.items() if v and k not in SUPPORTED_CONDITIONING)
-    if extra:
-        raise PackError(
-            f"pack {pack.id!r} needs {', '.join(extra)} conditioning, which this version of previz "
-            f"does not provide yet (it provides: {', '.join(SUPPORTED_CONDITIONING)})",
-            field="pack",
-            value=pack.id,
-        )
-
-
 def tokens_per_frame(transformer: Any, latent_h: int, latent_w: int) -> int:
     _, p_h, p_w = transformer.config.patch_size
     return (latent_h // p_h) * (latent_w // p_w)
@@ -143,15 +107,12 @@ def tokens_per_frame(transformer: Any, latent_h: int, latent_w: int) -> int:
 
 def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: int, text_dim: int) -> tuple[Graph, int]:
     """The denoiser graph at one draft size, and its tokens per latent frame."""
-    check_conditioning(pack)
     assert pack.draft is not None
     transformer = load_component(pack, "denoiser")
     layout = pack.latent
     cam = camera_channels(pack)
     spec = control_spec(pack)
     ctl = spec.channels if spec else 0
-    if ctl and not cam:
-        raise PackError(f"pack {pack.id!r}: control conditioning needs camera conditioning too (channel order)")
     if transformer.config.in_channels != layout.channels + cam + ctl:
         raise PackError(
             f"pack {pack.id!r}: denoiser takes {transformer.config.in_channels} channels, the latent layout, "
@@ -184,6 +145,9 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
 
 
 def build_decoder_graph(pack: Pack, width: int, height: int) -> Graph:
+    if pack.component("decoder").cls != "AutoencoderTiny":
+        raise PackError(f"pack {pack.id!r}: its decoder is a {pack.component('decoder').cls}, which previz streams "
+                        "(previz.vae_stream) rather than running as a frame-wise graph")
     layout = pack.latent
     autoencoder = load_component(pack, "decoder")
     expected = 3 * layout.temporal

@@ -56,8 +56,8 @@ FINAL_FORMATS = ("prores", "h265", "png", "exr")
 FINAL_RESOLUTIONS = ("hd", "uhd", "dci4k")
 DEFAULT_JOB_OPTIONS: dict[str, Any] = {"format": "prores", "resolution": "uhd"}
 # Options only the local command line may set: they name things on this machine
-# (a pack directory, an output directory), which a page's client never may.
-LOCAL_JOB_OPTIONS = ("pack", "output_dir")
+# (a pack directory, an output directory, a VSR pack), which a page's client never may.
+LOCAL_JOB_OPTIONS = ("pack", "output_dir", "upscaler")
 _SIZE = re.compile(r"^([1-9][0-9]{1,3})x([1-9][0-9]{1,3})$")
 _TIMECODE = re.compile(r"^[0-9]{2}:[0-5][0-9]:[0-5][0-9]:[0-9]{2}$")
 

@@ -110,7 +110,7 @@ def cmd_unreview(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"format": args.format, "resolution": args.resolution}
-    for key in ("strength", "size", "timecode", "pack"):
+    for key in ("strength", "size", "timecode", "pack", "upscaler"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     if args.output is not None:
@@ -119,12 +119,21 @@ def cmd_promote(args: argparse.Namespace) -> int:
         # Checked now, not when the job runs: a filmmaker learns of a bad directory at once.
         check_delivery_target(args.output.resolve() / ".previz-probe")
         options["output_dir"] = str(args.output.resolve())
+    if args.upscaler not in (None, "lanczos"):
+        from upscale.vsr import upscaler_for
+
+        upscaler_for(args.upscaler)  # now, not when the job runs: a bad pack is a one-line error here
+        if Path(args.upscaler).expanduser().is_dir():  # a directory: the job may run from another cwd
+            options["upscaler"] = str(Path(args.upscaler).expanduser().resolve())
     with _open(args) as store:
         job = store.promote(args.id, options, local=True)
         opts = ", ".join(f"{k} {v}" for k, v in sorted(job.options.items()))
         print(f"{job.draft_id}: promoted; final-render job {job.id} is queued ({opts}).")
         if args.run:
+            from previz.cli import _quiet_libraries
             from upscale.jobs import JobRunner
+
+            _quiet_libraries()  # the weight-loading bars are not for a filmmaker's terminal
 
             done = JobRunner(store, say=lambda m: print(m, file=sys.stderr)).run(job.id)
             print(f"{done.id}: done -> {done.output}")
@@ -165,6 +174,9 @@ def add_promote_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timecode", default=None, metavar="HH:MM:SS:FF", help="start timecode (default 01:00:00:00)")
     p.add_argument("--pack", default=None,
                    help="final pack name or directory (default: the embedded previz-final-tiny)")
+    p.add_argument("--upscaler", default=None, metavar="NAME|PACK",
+                   help="VSR to the delivery size: lanczos (default; no learned detail) or a vsr pack's name or "
+                        "directory (a Real-ESRGAN-family network; pip install 'previz[vsr]')")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
                    help="directory for the delivery (default: $PREVIZ_HOME/drafts/finals)")
     p.add_argument("--run", action="store_true", help="render the job now, in this process")

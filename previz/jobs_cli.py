@@ -52,7 +52,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     with _open(args) as store:
         job = store.job(args.id)
         out = job.to_dict()
-        out["units"] = {stage: len(store.units(job.id, stage)) for stage in ("refine", "deliver")}
+        out["units"] = {stage: len(store.units(job.id, stage)) for stage in ("refine", "decode", "vsr", "deliver")}
     print(json.dumps(out, indent=2, sort_keys=True))
     return 0
 
@@ -95,7 +95,10 @@ class _Bars:
 
 
 def _runner(store: DraftStore, args: argparse.Namespace) -> Any:
+    from previz.cli import _quiet_libraries
     from upscale.jobs import SEGMENT_FRAMES, JobRunner
+
+    _quiet_libraries()  # the weight-loading bars are not for a filmmaker's terminal
 
     return JobRunner(store, device=args.device, segment_frames=args.segment_frames or SEGMENT_FRAMES,
                      on_progress=_Bars(args.quiet), say=lambda m: print(m, file=sys.stderr))
@@ -108,7 +111,8 @@ def _finish(job: Any) -> None:
 def _run_elsewhere(store: DraftStore, args: argparse.Namespace, job_ids: list[str]) -> int:
     from upscale.executors import create_executor
 
-    executor = create_executor(args.executor, store, address=args.address, device=args.device)
+    executor = create_executor(args.executor, store, address=args.address, device=args.device,
+                               segment_frames=args.segment_frames)
     try:
         outcomes = executor.run(job_ids)
     finally:

@@ -21,10 +21,15 @@ from previz.blockout import control_channels
 from previz.errors import PackError, UnknownPackError
 from previz.packs import (
     MANIFEST_NAME,
+    CameraConditioning,
     Component,
+    Conditioning,
+    ContextConditioning,
+    ControlConditioning,
     DraftDefaults,
     LatentLayout,
     Pack,
+    TextConditioning,
     _package_dir,
     hash_component_dir,
     load_pack,
@@ -122,15 +127,15 @@ def save_draft_pack(root: Path, *, pack_id: str, latent: LatentLayout, draft: Dr
             "decoder": Component("decoder", "AutoencoderTiny", "decoder", hash_component_dir(tmp / "decoder")),
             "text_encoder": minilm_component(),
         }
-        conditioning: dict[str, Any] = {
-            "text": {"encoder": "all-MiniLM-L6-v2", "dim": MINILM_DIM, "tokens": text_tokens},
-            "context": {"kind": "clean-latent-frames", "frames": draft.context_frames},
-            "camera": {"kind": "plucker", "channels": 6 * latent.temporal, "convention": "opencv",
-                       "relative_to": "first frame"} if camera else None,
-            "control": {"kind": "blockout", "maps": ["depth", "albedo"], "scale": control_scale,
-                        "channels": control_channels(latent.temporal, latent.spatial, control_scale)}
-            if control_scale is not None else None,
-        }
+        conditioning = Conditioning(
+            text=TextConditioning(encoder="all-MiniLM-L6-v2", dim=MINILM_DIM, tokens=text_tokens),
+            context=ContextConditioning(kind="clean-latent-frames", frames=draft.context_frames),
+            camera=CameraConditioning(kind="plucker", channels=6 * latent.temporal) if camera else None,
+            control=ControlConditioning(
+                kind="blockout", scale=control_scale, maps=("depth", "albedo"),
+                channels=control_channels(latent.temporal, latent.spatial, control_scale),
+            ) if control_scale is not None else None,
+        )
         pack = Pack(id=pack_id, kind="draft", root=tmp, latent=latent, components=components, trained=trained,
                     label="trained" if trained else "untrained", description=description, draft=draft,
                     conditioning=conditioning, training=dict(extra or {}))

@@ -48,6 +48,8 @@ DIFFUSERS_CLASSES = frozenset(
     {"WanTransformer3DModel", "AutoencoderTiny", "AutoencoderKLWan", "AutoencoderKL"}
 )
 TRANSFORMERS_CLASSES = frozenset({"BertModel", "UMT5EncoderModel", "T5EncoderModel"})
+# VSR upscalers, loaded from a safetensors state dict by spandrel (upscale/vsr.py).
+SPANDREL_CLASSES = frozenset({"SRVGGNetCompact", "RRDBNet"})
 
 # Packages that may hold a pack component.  A manifest names a package by
 # string, and must not be able to point the loader into any installed package.
@@ -143,13 +145,80 @@ class FinalDefaults:
 
 
 @dataclass(frozen=True)
+class TextConditioning:
+    """``conditioning.text``: the prompt states the denoiser cross-attends to."""
+
+    encoder: str  # a name for people (the weights are the text_encoder component)
+    dim: int  # width of the encoder's states
+    tokens: int  # states are padded (with zeros) to this many tokens
+
+
+@dataclass(frozen=True)
+class ContextConditioning:
+    """``conditioning.context``: clean latent frames carried from one window to the next."""
+
+    kind: str
+    frames: int
+
+
+@dataclass(frozen=True)
+class CameraConditioning:
+    """``conditioning.camera``: camera rays as extra denoiser input channels."""
+
+    kind: str
+    channels: int
+    convention: str = "opencv"
+    relative_to: str = "first frame"
+
+
+@dataclass(frozen=True)
+class ControlConditioning:
+    """``conditioning.control``: a control video as extra denoiser input channels.
+
+    ``scale``: rendered at 1/scale of the pixel size, then pixel-unshuffled to
+    latent resolution; ``channels``: per latent frame, as the denoiser takes them.
+    """
+
+    kind: str
+    scale: int
+    channels: int
+    maps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a pack's denoiser is conditioned on; a section left out (or null) is not taken."""
+
+    text: TextConditioning | None = None
+    context: ContextConditioning | None = None
+    camera: CameraConditioning | None = None
+    control: ControlConditioning | None = None
+
+    @property
+    def steers_camera(self) -> bool:
+        """Whether a recipe's camera path changes what this pack draws (imported Wan packs: no)."""
+        return self.camera is not None
+
+
+CAMERA_KINDS = ("plucker",)
+# Control videos a denoiser can take as extra channels.  "blockout" is the
+# scene renderer's G-buffer (depth code + flat albedo).  A depth video encoded
+# by the pack's VAE (Wan Fun Control, VACE) is the next kind on this seam.
+CONTROL_KINDS = ("blockout",)
+CONTEXT_KINDS = ("clean-latent-frames",)
+
+
+@dataclass(frozen=True)
 class Component:
     """One model in a pack.
 
     ``subfolder`` is relative to the pack root; ``package`` names an installed
     Python package whose directory holds the files instead (the embedded pack's
     MiniLM text encoder ships that way).  ``sha256`` maps each weight file,
-    relative to the component's directory, to its hash.
+    relative to the component's directory, to its hash.  ``stamp`` maps the same
+    files to (size, mtime in ns) as they were when hashed: a pack with stamps is
+    checked against them at load, and re-hashed only on request (``previz pack
+    verify``), because a real checkpoint is tens of GB.
     """
 
     name: str
@@ -159,11 +228,16 @@ class Component:
     package: str | None = None
     tokenizer_subfolder: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    stamp: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Pack:
-    """A resolved pack: manifest fields plus the local directory it lives in."""
+    """A resolved pack: manifest fields plus the local directory it lives in.
+
+    ``weights`` is where the components' files are when they are not beside the
+    manifest: an imported checkpoint is pointed at, never copied.
+    """
 
     id: str
     kind: str
@@ -174,15 +248,22 @@ class Pack:
     label: str
     description: str = ""
     draft: DraftDefaults | None = None
-    conditioning: dict[str, Any] = field(default_factory=dict)
+    conditioning: Conditioning = field(default_factory=Conditioning)
     boundary_ratio: float | None = None  # final packs: where the high-noise expert hands over
     final: FinalDefaults | None = None  # final packs: sampling defaults
     scale: int | None = None  # vsr packs
+    temporal_window: int | None = None  # vsr packs: frames the upscaler looks at (1: per frame)
     training: dict[str, Any] = field(default_factory=dict)  # how trained weights were made (steps, clips, hours)
+    weights: Path | None = None  # imported packs: the checkpoint directory the components live in
+    source: dict[str, Any] = field(default_factory=dict)  # imported packs: what was imported, from where
+
+    @property
+    def files_root(self) -> Path:
+        return self.weights if self.weights is not None else self.root
 
     def component_dir(self, name: str) -> Path:
         comp = self.component(name)
-        base = _package_dir(comp.package) if comp.package else self.root
+        base = _package_dir(comp.package) if comp.package else self.files_root
         return base / comp.subfolder
 
     def component(self, name: str) -> Component:
@@ -250,6 +331,77 @@ def _positive(where: str, **values: float) -> None:
             raise PackError(f"{where}: {key} = {value!r} must be at least 1")
 
 
+def _parse_stamp(data: Any, where: str) -> dict[str, tuple[int, int]]:
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool) for n in v)
+        for v in data.values()
+    ):
+        raise PackError(f"{where}: stamp must map file names to [size, mtime_ns]")
+    return {str(k): (v[0], v[1]) for k, v in data.items()}
+
+
+def parse_conditioning(data: Any, latent: LatentLayout, where: str) -> Conditioning:
+    """The manifest's ``conditioning`` object as typed sections, each checked.  Pure.
+
+    This is the one place a manifest's conditioning is read: the text encoder,
+    the draft graphs, the final stage and the server all take these sections.
+    Layout facts that need the scene renderer (the blockout's channel count)
+    are checked where the graphs are built (``previz.draft_graphs.control_spec``).
+    """
+    where = f"{where} conditioning"
+    if not isinstance(data, dict):
+        raise PackError(f"{where}: must be an object")
+    sections = {"text": TextConditioning, "context": ContextConditioning, "camera": CameraConditioning,
+                "control": ControlConditioning}
+    unknown = sorted(k for k, v in data.items() if v and k not in sections)
+    if unknown:
+        raise PackError(
+            f"{where}: the pack needs {', '.join(unknown)} conditioning, which this version of previz does not "
+            f"provide (it provides: {', '.join(sections)})",
+            field="pack",
+        )
+    parsed: dict[str, Any] = {}
+    for key, cls in sections.items():
+        value = data.get(key)
+        if not value:  # absent, null or {}: not taken
+            continue
+        if key == "control" and isinstance(value, dict) and isinstance(value.get("maps"), list):
+            value = {**value, "maps": tuple(str(m) for m in value["maps"])}
+        parsed[key] = _dataclass_from(cls, value, f"{where}.{key}")
+    text: TextConditioning | None = parsed.get("text")
+    if text is not None:
+        _positive(f"{where}.text", dim=text.dim, tokens=text.tokens)
+    context: ContextConditioning | None = parsed.get("context")
+    if context is not None and (context.kind not in CONTEXT_KINDS or context.frames < 0):
+        raise PackError(f"{where}.context: kind must be one of {CONTEXT_KINDS} and frames at least 0")
+    camera: CameraConditioning | None = parsed.get("camera")
+    if camera is not None:
+        if camera.kind not in CAMERA_KINDS:
+            raise PackError(f"{where}.camera: kind {camera.kind!r} is not one of {CAMERA_KINDS}")
+        if camera.channels != 6 * latent.temporal:
+            raise PackError(f"{where}.camera: Plücker rays of {latent.temporal} frames are "
+                            f"{6 * latent.temporal} channels, the manifest says {camera.channels}")
+    control: ControlConditioning | None = parsed.get("control")
+    if control is not None:
+        if control.kind not in CONTROL_KINDS:
+            raise PackError(f"{where}.control: kind {control.kind!r} is not one of {CONTROL_KINDS}")
+        if control.scale < 1 or latent.spatial % control.scale:
+            raise PackError(f"{where}.control: scale {control.scale!r} must be a positive divisor of {latent.spatial}")
+        if camera is None:
+            raise PackError(f"{where}.control: control conditioning needs camera conditioning too (channel order)")
+    return Conditioning(text=text, context=context, camera=camera, control=control)
+
+
+def conditioning_dict(conditioning: Conditioning) -> dict[str, Any]:
+    """The inverse of :func:`parse_conditioning` (sections not taken are left out)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(conditioning):
+        section = getattr(conditioning, f.name)
+        if section is not None:
+            out[f.name] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(section).items()}
+    return out
+
+
 def parse_manifest(data: Any, root: Path) -> Pack:
     """Turn manifest JSON into a :class:`Pack`, checking every field.  Pure: touches no files."""
     where = str(root / MANIFEST_NAME)
@@ -290,7 +442,7 @@ def parse_manifest(data: Any, root: Path) -> Pack:
         if not isinstance(c, dict):
             raise PackError(f"{at}: expected an object")
         cls, sha = c.get("class"), c.get("sha256")
-        if cls not in DIFFUSERS_CLASSES | TRANSFORMERS_CLASSES:
+        if cls not in DIFFUSERS_CLASSES | TRANSFORMERS_CLASSES | SPANDREL_CLASSES:
             raise PackError(f"{at}: unsupported class {cls!r}")
         if not isinstance(sha, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sha.items()):
             raise PackError(f"{at}: sha256 must map file names to hashes")
@@ -305,6 +457,7 @@ def parse_manifest(data: Any, root: Path) -> Pack:
             package=c.get("package"),
             tokenizer_subfolder=c.get("tokenizer_subfolder"),
             options=dict(c.get("options") or {}),
+            stamp=_parse_stamp(c.get("stamp", {}), at),
         )
         for folder in (comp.subfolder, comp.tokenizer_subfolder):
             if folder is not None and (Path(folder).is_absolute() or ".." in Path(folder).parts):
@@ -322,15 +475,25 @@ def parse_manifest(data: Any, root: Path) -> Pack:
         raise PackError(f"{where}: a {kind} pack needs components {', '.join(missing)}")
     if kind == "draft" and draft is None:
         raise PackError(f"{where}: a draft pack needs a 'draft' section")
+    for key in ("scale", "temporal_window") if kind == "vsr" else ():
+        value = data.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PackError(f"{where}: a vsr pack's {key} = {value!r} must be an integer of at least 1")
     boundary = data.get("boundary_ratio")
     if kind == "final" and not (isinstance(boundary, (int, float)) and 0.0 < boundary < 1.0):
         raise PackError(f"{where}: a final pack needs boundary_ratio in (0, 1)")
-    conditioning = data.get("conditioning", {})
-    if not isinstance(conditioning, dict):
-        raise PackError(f"{where}: conditioning must be an object")
+    conditioning = parse_conditioning(data.get("conditioning", {}), latent, where)
     training = data.get("training", {})
     if not isinstance(training, dict):
         raise PackError(f"{where}: training must be an object")
+    source = data.get("source", {})
+    if not isinstance(source, dict):
+        raise PackError(f"{where}: source must be an object")
+    weights: Path | None = None
+    if data.get("weights") is not None:
+        if not isinstance(data["weights"], str) or not Path(data["weights"]).is_absolute():
+            raise PackError(f"{where}: weights must be an absolute directory path (an imported checkpoint)")
+        weights = Path(data["weights"])
     return Pack(
         id=pack_id,
         kind=kind,
@@ -341,11 +504,14 @@ def parse_manifest(data: Any, root: Path) -> Pack:
         label=str(data.get("label", "trained" if data.get("trained") else "untrained")),
         description=str(data.get("description", "")),
         draft=draft,
-        conditioning=dict(conditioning),
+        conditioning=conditioning,
         boundary_ratio=boundary,
         final=final,
         scale=data.get("scale"),
+        temporal_window=data.get("temporal_window"),
         training=dict(training),
+        weights=weights,
+        source=dict(source),
     )
 
 
@@ -359,7 +525,7 @@ def manifest_dict(pack: Pack) -> dict[str, Any]:
         "label": pack.label,
         "description": pack.description,
         "latent": dataclasses.asdict(pack.latent),
-        "conditioning": pack.conditioning,
+        "conditioning": conditioning_dict(pack.conditioning),
         "components": {},
     }
     for name, c in pack.components.items():
@@ -370,6 +536,8 @@ def manifest_dict(pack: Pack) -> dict[str, Any]:
             entry["tokenizer_subfolder"] = c.tokenizer_subfolder
         if c.options:
             entry["options"] = c.options
+        if c.stamp:
+            entry["stamp"] = {k: list(v) for k, v in c.stamp.items()}
         out["components"][name] = entry
     if pack.draft:
         out["draft"] = dataclasses.asdict(pack.draft)
@@ -379,14 +547,22 @@ def manifest_dict(pack: Pack) -> dict[str, Any]:
         out["final"] = dataclasses.asdict(pack.final)
     if pack.scale is not None:
         out["scale"] = pack.scale
+    if pack.temporal_window is not None:
+        out["temporal_window"] = pack.temporal_window
     if pack.training:
         out["training"] = pack.training
+    if pack.weights is not None:
+        out["weights"] = str(pack.weights)
+    if pack.source:
+        out["source"] = pack.source
     return out
 
 
 def write_manifest(pack: Pack) -> Path:
+    from previz.atomic import atomic_write
+
     path = pack.root / MANIFEST_NAME
-    path.write_text(json.dumps(manifest_dict(pack), indent=2) + "\n")
+    atomic_write(path, (json.dumps(manifest_dict(pack), indent=2) + "\n").encode())
     return path
 
 
@@ -418,7 +594,9 @@ def check_safetensors_only(directory: Path) -> None:
         raise UnsafeWeightsError(
             f"{unsafe[0]} is not safetensors: previz loads safetensors only, because pickle "
             f"formats ({', '.join(UNSAFE_SUFFIXES)}) can run code when loaded. "
-            "Convert the weights with safetensors' save_file, then remove the original.",
+            "Convert the weights with safetensors' save_file, then remove the original: python -c \"import torch; "
+            "from safetensors.torch import save_file; save_file(torch.load('IN', weights_only=True), "
+            "'OUT.safetensors')\" (diffusers names a model's file diffusion_pytorch_model.safetensors)",
             field="pack",
             value=str(unsafe[0]),
         )
@@ -426,19 +604,75 @@ def check_safetensors_only(directory: Path) -> None:
         raise PackError(f"{directory} holds no .safetensors weights")
 
 
-def verify_pack(pack: Pack) -> None:
-    """Check every component's files against the manifest hashes."""
+def file_stamps(directory: Path, names: Any) -> dict[str, tuple[int, int]]:
+    """(size, mtime in ns) of each named file under ``directory``: what a load compares instead of hashing."""
+    out: dict[str, tuple[int, int]] = {}
+    for name in sorted(names):
+        st = (directory / name).stat()
+        out[name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def check_stamps(pack: Pack) -> None:
+    """Check stamped components' files by size and mtime (quick); hash the unstamped ones.
+
+    A stamp is written when the files are hashed (at import, or by ``previz pack
+    verify``), so a file edited, truncated or replaced since then is caught here
+    without reading tens of GB.
+    """
+    if pack.weights is not None and not pack.weights.is_dir():
+        raise PackError(f"pack {pack.id!r} points at {pack.weights}, which is not there any more: import the "
+                        f"checkpoint again from where it is now (previz pack import DIR --name {pack.id} --force)",
+                        field="pack", value=pack.id)
     for name, comp in pack.components.items():
         directory = pack.component_dir(name)
-        actual = hash_component_dir(directory)
-        if actual != comp.sha256:
-            diff = sorted(set(actual.items()) ^ set(comp.sha256.items()))
-            raise PackError(
-                f"pack {pack.id!r}: component {name!r} does not match its manifest hashes "
-                f"(first difference: {diff[0][0]}). The files changed after the pack was made.",
-                field="pack",
-                value=pack.id,
-            )
+        if not comp.stamp:
+            _verify_component(pack, name, directory)
+            continue
+        check_safetensors_only(directory)
+        for fname in sorted(comp.sha256):
+            path = directory / fname
+            try:
+                st = path.stat()
+            except OSError:
+                raise PackError(f"pack {pack.id!r}: {path} is missing (it was there when the pack was made)",
+                                field="pack", value=pack.id) from None
+            if comp.stamp.get(fname) != (st.st_size, st.st_mtime_ns):
+                raise PackError(
+                    f"pack {pack.id!r}: {path} changed since it was hashed (size or modification time); "
+                    f"run `previz pack verify {pack.id}` to re-hash it",
+                    field="pack",
+                    value=pack.id,
+                )
+
+
+def _verify_component(pack: Pack, name: str, directory: Path) -> dict[str, str]:
+    actual = hash_component_dir(directory)
+    expected = pack.components[name].sha256
+    if actual != expected:
+        diff = sorted(set(actual.items()) ^ set(expected.items()))
+        raise PackError(
+            f"pack {pack.id!r}: component {name!r} does not match its manifest hashes "
+            f"(first difference: {diff[0][0]}). The files changed after the pack was made.",
+            field="pack",
+            value=pack.id,
+        )
+    return actual
+
+
+def verify_pack(pack: Pack) -> Pack:
+    """Re-hash every component's files against the manifest; the pack with fresh stamps where it has stamps.
+
+    The caller decides whether to write the refreshed stamps back
+    (``previz pack verify`` does, for the packs it may write).
+    """
+    components = dict(pack.components)
+    for name, comp in pack.components.items():
+        directory = pack.component_dir(name)
+        _verify_component(pack, name, directory)
+        if comp.stamp:
+            components[name] = dataclasses.replace(comp, stamp=file_stamps(directory, comp.sha256))
+    return dataclasses.replace(pack, components=components)
 
 
 def _package_dir(package: str) -> Path:
@@ -513,7 +747,7 @@ def _hub_failure(exc: Exception) -> str:
 
 
 def load_pack(ref: str, *, verify: bool = True) -> Pack:
-    """Resolve, parse and (by default) hash-check a pack."""
+    """Resolve, parse and (by default) check a pack: by its stamps where it has them, else by hashing."""
     root = resolve_pack_dir(ref)
     manifest = root / MANIFEST_NAME
     if not manifest.is_file():
@@ -522,7 +756,7 @@ def load_pack(ref: str, *, verify: bool = True) -> Pack:
         )
     pack = parse_manifest(_read_json(manifest), root)
     if verify:
-        verify_pack(pack)  # hashing checks for pickle files first
+        check_stamps(pack)  # hashing and stamp checks refuse pickle files first
     else:
         for name in pack.components:
             check_safetensors_only(pack.component_dir(name))
@@ -577,6 +811,6 @@ def load_tokenizer(pack: Pack, name: str = "text_encoder") -> Any:
     comp = pack.component(name)
     directory = pack.component_dir(name)
     if comp.tokenizer_subfolder:
-        base = _package_dir(comp.package) if comp.package else pack.root
+        base = _package_dir(comp.package) if comp.package else pack.files_root
         directory = base / comp.tokenizer_subfolder
     return AutoTokenizer.from_pretrained(directory, local_files_only=True)

@@ -167,7 +167,9 @@ class Session:
                 "scene": {"shapes": list(SHAPES),
                           "colors": {k: "#{:02x}{:02x}{:02x}".format(*v) for k, v in COLORS.items()},
                           "grounds": list(GROUNDS), "times_of_day": list(TIMES_OF_DAY), "max_objects": MAX_OBJECTS,
-                          "control": bool(pack.conditioning.get("control"))},
+                          "control": pack.conditioning.control is not None},
+                # An imported Wan checkpoint takes text (+ context) only: say so, never ignore the camera silently.
+                "camera": pack.conditioning.steers_camera,
                 "image_format": self.limits.image_format,
                 "limits": {
                     "max_seconds": pack.draft.max_seconds,

@@ -34,6 +34,7 @@ from previz.blockout import control_latent, poses_to_tensors, single_threaded
 from previz.camera import camera_path, plucker_latent
 from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels, control_spec
 from previz.errors import engine_errors
+from previz.frame_decoder import EngineFrameDecoder, FrameDecoder, VAEFrameDecoder, streams_with_vae
 from previz.packs import Pack, previz_home
 from previz.recipe import Recipe, frame_count, resolve
 from previz.sampler import Chunk, chunk_noise, flow_sigmas, guided, plan_chunks, sample_window
@@ -103,18 +104,29 @@ class DraftModel:
         self.denoiser_graph, self.tokens_per_frame = build_denoiser_graph(
             pack, self.width, self.height, text_tokens=self.text.tokens, text_dim=self.text.dim
         )
-        self.decoder_graph = build_decoder_graph(pack, self.width, self.height)
         with engine_errors():
             self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)
-            self.decoder: Engine = create_engine(backend, self.decoder_graph, self.cache_dir, **engine_options)
         self.device = self.denoiser.device
+        # The decoder seam (previz.frame_decoder): a frame-wise graph on the same backend, or, for an
+        # imported Wan checkpoint, its own VAE streamed with a causal cache carried across chunks.
+        self.decoder_graph = None if streams_with_vae(pack) else build_decoder_graph(pack, self.width, self.height)
+        self.decoder: Engine | None = None
+        self.frame_decoder: FrameDecoder
+        if self.decoder_graph is None:
+            self.frame_decoder = VAEFrameDecoder(pack, device=self.device)
+        else:
+            with engine_errors():
+                self.decoder = create_engine(backend, self.decoder_graph, self.cache_dir, **engine_options)
+            self.frame_decoder = EngineFrameDecoder(self.decoder, pack.latent)
 
     def warmup(self, progress: Callable[[str], None] | None = None) -> None:
         """Pay every one-off cost before the first take: text encoder set-up, and each engine's first run
         (for a compiled engine, its compile: a minute or more the first time, seconds from inductor's cache)."""
         say = progress or (lambda _message: None)
         self.text("")  # the encoder's first call pays one-off initialisation
-        for name, engine in (("denoiser", self.denoiser), ("decoder", self.decoder)):
+        engines: tuple[tuple[str, Engine | FrameDecoder], ...] = (("denoiser", self.denoiser),
+                                                                   ("decoder", self.frame_decoder))
+        for name, engine in engines:
             compiled = "torch.compile" in engine.info.providers
             say(f"warming up the {name} ({engine.info.backend}, {engine.info.precision}, {engine.info.device}"
                 + (", compiling: the first start takes minutes, later ones reuse the cache)" if compiled else ")"))
@@ -125,14 +137,14 @@ class DraftModel:
 
     def close(self) -> None:
         self.denoiser.close()
-        self.decoder.close()
+        self.frame_decoder.close()
 
     def engine_info(self) -> dict[str, Any]:
         return {
             name: {"backend": e.info.backend, "device": e.info.device, "precision": e.info.precision,
                    "providers": list(e.info.providers),
                    **{k: e.info.details[k] for k in ("compile_mode", "compile_s") if k in e.info.details}}
-            for name, e in (("denoiser", self.denoiser), ("decoder", self.decoder))
+            for name, e in (("denoiser", self.denoiser), ("decoder", self.frame_decoder))
         }
 
     def metadata(self, recipe: Recipe) -> dict[str, Any]:
@@ -310,6 +322,9 @@ class Take:
         self.prompt = _states(model.text(recipe.prompt), model.device)
         self.negative = (_states(model.text(recipe.negative_prompt), model.device)
                          if recipe.guidance != 1.0 else None)
+        resume = None if self.done else self.chunks[self.state.next_chunk].start
+        previous = self.state.context  # the frames before a resumed take's next chunk, to warm a stateful decoder
+        self.frame_stream = model.frame_decoder.open(resume or 0, previous)  # one decoder stream per take
 
     @property
     def done(self) -> bool:
@@ -345,26 +360,23 @@ class Take:
         return chunk, kept, self._frames(chunk, kept)
 
     def _decode(self, latent: torch.Tensor) -> np.ndarray:
-        """One latent frame [1, C, h, w] -> its video frames [T, H, W, 3] uint8 on the host.
+        """One latent frame [1, C, h, w] -> exactly the video frames it holds, [n, H, W, 3] uint8 on the host.
 
-        The uint8 conversion runs on the engine's device, so one small copy per
+        The uint8 conversion runs on the decoder's device, so one small copy per
         latent frame is all that crosses to the host.
         """
         with engine_errors():
-            images = self.model.decoder.run({"latents": latent})["frames"]
+            images = self.frame_stream.decode(latent)
         return to_uint8(images).cpu().numpy()
 
     def _frames(self, chunk: Chunk, kept: torch.Tensor) -> Iterator[Frame]:
-        layout, stats = self.layout, self.stats
+        stats = self.stats
         emitted = self.first_frame(chunk)
         for j in range(chunk.keep):
-            latent_index = chunk.start + j
             start = time.perf_counter()
             images = self._decode(kept[:, :, j])
             stats.decoder_calls += 1
             stats.decode_s += time.perf_counter() - start
-            if layout.causal_first_frame and latent_index == 0:
-                images = images[-1:]  # the first causal latent frame holds one video frame
             for image in images:
                 if emitted == self.total_frames:
                     break

@@ -23,11 +23,10 @@ from previz.packs import Pack, load_component, load_tokenizer
 
 def text_shape(pack: Pack) -> tuple[int, int]:
     """(tokens, width) of the text states a pack's denoiser reads, from its manifest."""
-    cond = pack.conditioning.get("text") or {}
-    try:
-        return int(cond["tokens"]), int(cond["dim"])
-    except (KeyError, TypeError, ValueError):
-        raise PackError(f"pack {pack.id!r}: conditioning.text needs integer 'tokens' and 'dim'") from None
+    text = pack.conditioning.text
+    if text is None:
+        raise PackError(f"pack {pack.id!r}: its manifest has no conditioning.text (tokens, dim)")
+    return text.tokens, text.dim
 
 
 class TextEncoder:

@@ -200,3 +200,30 @@ def make_stored_draft(store, pack: Pack, cache_dir: Path, *, seconds: float = 0.
     if approve:
         store.set_state(draft.id, "approved")
     return draft
+
+
+# ----------------------------------------------------------------------------- imported Wan checkpoints
+
+
+@pytest.fixture(scope="session")
+def wan_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """kind -> a tiny random diffusers-format Wan directory (tests/wan_dirs.py), built once per session."""
+    from wan_dirs import write_wan_dir
+
+    built: dict[str, Path] = {}
+    base = tmp_path_factory.mktemp("wan-checkpoints")
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = write_wan_dir(base / kind, kind)
+        return built[kind]
+
+    return get
+
+
+def run_module_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """This checkout's CLI in a subprocess (``python -m previz.cli``), as a user runs ``previz``."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "previz.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=repo)

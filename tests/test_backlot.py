@@ -62,7 +62,7 @@ def test_training_resumes_from_its_checkpoint_and_exports_a_loadable_pack(train,
     again.export(tmp_path / "pack")
     pack = load_pack(str(tmp_path / "pack"))  # the same loader as every pack, hashes checked
     assert pack.trained and pack.label == "trained" and pack.training["denoiser"]["steps"] == 2
-    assert pack.conditioning["control"]["kind"] == "blockout"
+    assert pack.conditioning.control.kind == "blockout"
     # A later session goes on from the pack alone (it is what git keeps): same weights, same counts.
     later = train.Trainer(tmp_path / "later", cfg, torch.device("cpu"), seed=2, log=lambda _m: None)
     later.start_from_pack(tmp_path / "pack")

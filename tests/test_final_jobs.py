@@ -128,33 +128,39 @@ def test_sigkill_mid_refine_vsr_and_encode_then_resume_is_byte_identical(tmp_pat
         reference = Path(JobRunner(ref_store, segment_frames=2).run(job_id).output).read_bytes()
 
     # Three frames in segments of two: segment 0 = frames 0-1, segment 1 = frame 2.  Progress lines
-    # come after each unit (a refine step, a frame through VSR into the encoder, a closed segment),
+    # come after each unit (a refine step, a decoded frame, a frame through VSR, a closed segment),
     # and the run pauses a second after each, which is when it is killed.
     store_args = ("--store", str(root))
+
+    def files(stage: str) -> list[int]:
+        with DraftStore(root) as store:
+            work = store.job_dir(job_id)
+            return sorted(i for i, f in store.units(job_id, stage).items() if (work / f).exists())
+
     # 1. Killed mid-refine: two of four steps checkpointed.
     _kill_after(_previz("jobs", "run", job_id, "--segment-frames", "2", *store_args, delay=1), "refine 2/4")
     with DraftStore(root) as store:
         job = store.job(job_id)
         assert job.state == "running" and job.progress["stage"] == "refine"  # the row still says running
-        assert sorted(store.units(job_id, "refine")) == [0, 1, 2]
         target = output_target(store, job)
-    assert not target.exists()
-    # 2. Resumed, then killed mid-VSR: frame 0 upscaled and in the encoder, frame 1 not yet upscaled.
-    seen = _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "vsr 1/3")
+    assert files("refine") == [0, 1, 2] and not target.exists()
+    # 2. Resumed, then killed mid-decode: two of three frames decoded.
+    seen = _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "decode 2/3")
     assert " refine 3/4" in seen[0]  # it carried on after step 2, not from the start
-    assert not target.exists()
-    with DraftStore(root) as store:
-        assert store.units(job_id, "deliver") == {}  # the half-made segment never became a unit
-    # 3. Resumed, then killed mid-encode: segment 0 closed, frame 2 in the encoder, segment 1 not closed.
-    _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "vsr 3/3")
-    assert not target.exists()
-    with DraftStore(root) as store:
-        assert sorted(store.units(job_id, "deliver")) == [0]
-    # 4. Resumed to the end.
+    assert files("decode") == [0, 1] and files("vsr") == [] and not target.exists()
+    # 3. Resumed, then killed mid-VSR: frame 0 upscaled and stored, frame 1 not yet.
+    seen = _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "vsr 1/3")
+    assert " decode 3/3" in seen[0]  # only the missing frame became a unit (the decoder was replayed)
+    assert files("vsr") == [0] and files("deliver") == [] and not target.exists()
+    # 4. Resumed, then killed mid-encode: segment 0 closed, frame 2 upscaled, segment 1 not closed.
+    seen = _kill_after(_previz("jobs", "resume", job_id, *store_args, delay=1), "vsr 3/3")
+    assert " vsr 2/3" in seen[0]  # frame 0 was not upscaled again
+    assert files("deliver") == [0] and files("vsr") == [2] and not target.exists()  # segment 0's frames went
+    # 5. Resumed to the end: nothing but the last segment's encode and the join is left.
     proc = _previz("jobs", "resume", job_id, *store_args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert "resuming delivery at segment 1" in err
+    assert [line.split(" ", 1)[1] for line in out.splitlines()[:-1]] == ["encode 2/2"]
     assert target.read_bytes() == reference
     with DraftStore(root) as store:
         assert store.job(job_id).state == "done"
@@ -309,3 +315,40 @@ def test_a_crash_mid_delivery_with_a_temporal_window_resumes_to_the_same_bytes(t
         assert store.job(job.id).state == "failed" and sorted(store.units(job.id, "deliver")) == [0]
         done = JobRunner(store, upscaler=WindowedLanczos()).run(job.id, resume=True)  # its pinned segment length
         assert Path(done.output).read_bytes() == reference
+
+
+def test_a_promote_through_a_learned_vsr_pack_is_4k_and_says_which_upscaler(store, test_pack, final_pack, cache_dir,
+                                                                           capsys, tmp_path):
+    from previz.errors import BackendUnavailableError
+    from upscale.final_pack import build_vsr_pack
+    from upscale.vsr import import_spandrel
+
+    try:
+        import_spandrel()
+    except BackendUnavailableError:
+        pytest.skip("the learned VSR is an optional extra (pip install 'previz[vsr]')")
+    # A tiny SRVGGNetCompact x4 from spandrel's own class, as safetensors: loaded as a Real-ESRGAN file is.
+    pack = build_vsr_pack(tmp_path / "tiny-compact", pack_id="tiny-compact", config=dict(num_feat=8, num_conv=2))
+    draft = make_stored_draft(store, test_pack, cache_dir, seconds=0.1)
+    s = ("--store", str(store.root))
+    assert "not 'lanczos' and not an installed vsr pack" in _one_line_error(
+        *cli(capsys, "promote", draft.id, "--upscaler", "no-such-vsr", *s)[::2])
+    assert "is a final pack" in _one_line_error(
+        *cli(capsys, "promote", draft.id, "--upscaler", str(final_pack.root), *s)[::2])
+    from previz.errors import DraftError
+
+    with pytest.raises(DraftError, match="unknown final-render option 'upscaler'"):
+        store.promote(draft.id, {"upscaler": str(pack.root)})  # a page's client names no pack on this machine
+    assert store.jobs() == []
+    rc, _, err = cli(capsys, "promote", draft.id, "--format", "h265", "--size", SIZE, "--upscaler", str(pack.root),
+                     *s, "--run")
+    assert rc == 0, err
+    job = store.jobs(draft_id=draft.id)[0]
+    assert job.state == "done" and job.options["upscaler"] == str(pack.root)
+    info = ffprobe(Path(job.output))
+    video = [st for st in info["streams"] if st["codec_type"] == "video"][0]
+    assert (video["codec_name"], video["width"], video["height"]) == ("hevc", 3840, 2160)
+    assert int(video["nb_read_frames"]) == draft.frames
+    upscaler = json.loads(info["format"]["tags"]["comment"])["upscaler"]
+    assert (upscaler["name"], upscaler["trained"], upscaler["temporal_window"]) == ("tiny-compact", False, 3)
+    assert "SRVGGNetCompact x4" in upscaler["label"] and "UNTRAINED" in upscaler["label"]

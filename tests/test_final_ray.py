@@ -1,10 +1,11 @@
-"""The Ray executor against a real local Ray instance on CPU: the same bytes, even after a worker dies."""
+"""The Ray executor against a real local Ray instance on CPU: VSR and encode units as tasks, retried, same bytes."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def holder_of(path: Path) -> int | None:
-    """The pid of the process with ``path`` open (the job's lock file: the worker running the job)."""
+    """The pid of the process with ``path`` open (a unit's lock file: the worker running that task)."""
     target = str(path)
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -31,37 +32,43 @@ def holder_of(path: Path) -> int | None:
     return None
 
 
-def test_a_job_through_ray_survives_a_killed_worker_and_writes_the_local_bytes(tmp_path, test_pack, final_pack,
-                                                                               cache_dir, monkeypatch):
+def test_a_job_through_ray_survives_a_worker_killed_mid_vsr_and_writes_the_local_bytes(
+        tmp_path, test_pack, final_pack, cache_dir, monkeypatch):
     from upscale.executors import RayExecutor
 
     # Ray workers are fresh processes: they must import this checkout and find the same packs.
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     root = tmp_path / "a"
     with DraftStore(root) as store:
-        draft = make_stored_draft(store, test_pack, cache_dir, seconds=0.1)
+        draft = make_stored_draft(store, test_pack, cache_dir, seconds=0.1)  # 3 frames: segments of 2 and 1
         job = store.promote(draft.id, {"format": "h265", "size": "128x64"})
     shutil.copytree(root, tmp_path / "b")
     with DraftStore(tmp_path / "b") as ref:
-        reference = Path(JobRunner(ref, threads=2).run(job.id).output).read_bytes()
+        reference = Path(JobRunner(ref, threads=2, segment_frames=2).run(job.id).output).read_bytes()
 
-    monkeypatch.setenv(UNIT_DELAY_ENV, "1")  # the task pauses after each unit: time to kill its worker
+    monkeypatch.setenv(UNIT_DELAY_ENV, "1")  # each task pauses after each unit: time to kill its worker
     with DraftStore(root) as store:
-        executor = RayExecutor(store, num_cpus=1, threads=2)  # the same torch thread count: the same bytes
+        # The same torch thread count and segment length as the local run: the same bytes.
+        executor = RayExecutor(store, num_cpus=1, threads=2, segment_frames=2)
+        outcomes: list = []
+        driver = threading.Thread(target=lambda: outcomes.extend(executor.run([job.id])))
         try:
-            future = executor._task.remote(str(root.resolve()), job.id, "cpu", 2)
+            driver.start()
             deadline = time.monotonic() + 180
-            while (store.job(job.id).progress or {}).get("unit", 0) < 2 or store.job(job.id).state != "running":
-                assert time.monotonic() < deadline, "the Ray task never got going"
+            # Segment 0's vsr task has upscaled its first frame and is pausing before the second.
+            while (store.job(job.id).progress or {}).get("stage") != "vsr":
+                assert time.monotonic() < deadline and driver.is_alive(), "the vsr task never got going"
                 time.sleep(0.1)
-            pid = holder_of(store.job_dir(job.id).parent / f"{job.id}.lock")
+            pid = holder_of(store.job_dir(job.id) / "locks" / "vsr00000.lock")
             assert pid is not None and pid != os.getpid()
-            os.kill(pid, signal.SIGKILL)  # the worker dies mid-refine; Ray runs the task again
-            outcome = ray.get(future, timeout=300)
+            os.kill(pid, signal.SIGKILL)  # the worker dies mid-VSR; Ray runs that task again
+            driver.join(300)
+            assert not driver.is_alive()
             with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)  # that worker is gone: a second attempt finished the job
+                os.kill(pid, 0)  # that worker is gone: a second attempt finished the segment
         finally:
             executor.close()
+        [outcome] = outcomes
         assert outcome.state == "done", outcome.error
-        assert store.job(job.id).state == "done"
+        assert store.job(job.id).state == "done" and not store.job_dir(job.id).exists()
         assert Path(outcome.output).read_bytes() == reference

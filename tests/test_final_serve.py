@@ -35,7 +35,7 @@ def test_a_promoted_draft_renders_in_the_background_with_progress_events(test_pa
         job_id = queued["job"]["id"]
         assert done["job"]["id"] == job_id and done["job"]["state"] == "done"
         progress = [e["progress"] for e in client.events if e["type"] == "job_progress"]
-        assert {p["stage"] for p in progress} == {"refine", "vsr", "encode"}
+        assert {p["stage"] for p in progress} == {"refine", "decode", "vsr", "encode"}
         assert all(1 <= p["unit"] <= p["units"] for p in progress)
         # Clients learn the delivery's file name, never this machine's paths.
         assert done["job"]["output"] == f"{draft_id}_{job_id}.mov"

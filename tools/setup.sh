@@ -10,7 +10,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # setuptools' "Editable installation" banner is advice for package authors, not for someone installing previz.
 # The ray extra is for the tests (the Ray executor runs against a real local instance); users need not install it.
-PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[cpu,dev,ray]"
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[cpu,dev,ray,vsr]"
+# The learned VSR's loader, without its torchvision requirement (see the vsr extra in pyproject.toml).
+.venv/bin/python -m pip install -q --no-deps "spandrel>=0.4.2,<0.5"
 
 # The default pack, previz-backlot, is trained and ships inside the package
 # (previz/packs_builtin); the untrained previz-tiny is built only when asked for.

@@ -136,7 +136,10 @@ class DeliveryMeta:
     extra: dict[str, Any] = field(default_factory=dict)  # packs, label, options
 
     def tags(self) -> dict[str, str]:
-        trained = all(p.get("trained", False) for p in self.extra.get("packs", {}).values())
+        upscaler = self.extra.get("upscaler") or {}
+        # Lanczos is a resampler, honest untrained; a network with random weights is not a VSR.
+        trained = all(p.get("trained", False) for p in self.extra.get("packs", {}).values()) and (
+            upscaler.get("name", "lanczos") == "lanczos" or bool(upscaler.get("trained")))
         label = "" if trained else " [UNTRAINED packs: not a meaningful picture]"
         # title and comment: the two keys both the mov and mp4 muxers write and ffprobe shows.
         return {

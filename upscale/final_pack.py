@@ -23,10 +23,13 @@ from previz.errors import PackError, UnknownPackError
 from previz.pack_builder import MINILM_DIM, ensure_pack, install_lock, minilm_component
 from previz.packs import (
     MANIFEST_NAME,
+    CameraConditioning,
     Component,
+    Conditioning,
     FinalDefaults,
     LatentLayout,
     Pack,
+    TextConditioning,
     hash_component_dir,
     load_pack,
     write_manifest,
@@ -94,11 +97,10 @@ def build_final_pack(
             label="untrained",
             description=description or "Seeded Wan-shaped experts and VAE, UNTRAINED: finals are noise "
                                        "until the trained pack lands.",
-            conditioning={
-                "text": {"encoder": "all-MiniLM-L6-v2", "dim": MINILM_DIM, "tokens": defaults.text_tokens},
-                "camera": {"kind": "plucker", "channels": camera_channels, "convention": "opencv",
-                           "relative_to": "first frame"} if camera else None,
-            },
+            conditioning=Conditioning(
+                text=TextConditioning(encoder="all-MiniLM-L6-v2", dim=MINILM_DIM, tokens=defaults.text_tokens),
+                camera=CameraConditioning(kind="plucker", channels=camera_channels) if camera else None,
+            ),
             boundary_ratio=boundary_ratio,
             final=defaults,
         )
@@ -128,3 +130,63 @@ def open_final_pack(ref: str, say: Any = print) -> Pack:
         raise PackError(f"final pack {pack.id!r} has no 'final' section (sampling defaults)", field="pack",
                         value=ref)
     return pack
+
+
+# --------------------------------------------------------------------------- VSR packs
+
+VSR_PACK_ID = "previz-vsr-compact-untrained"
+# A VSR pack works on pixels: its "latent" layout is the picture itself.
+PIXELS = LatentLayout(space="pixels-rgb", channels=3, temporal=1, spatial=1)
+# The Real-ESRGAN animevideov3 shape is SRVGGNetCompact(num_feat=64, num_conv=16, upscale=4); a test or a
+# CPU bench passes a smaller one.
+COMPACT: dict[str, Any] = dict(num_feat=64, num_conv=16)
+
+
+def build_vsr_pack(root: Path, *, pack_id: str = VSR_PACK_ID, arch: str = "SRVGGNetCompact", scale: int = 4,
+                   temporal_window: int = 3, config: dict[str, Any] | None = None, seed: int = 300,
+                   state_dict: dict[str, torch.Tensor] | None = None, trained: bool = False,
+                   label: str = "untrained", description: str = "") -> Pack:
+    """Write a VSR pack: one Real-ESRGAN-family network as a safetensors state dict, and its manifest.
+
+    ``state_dict`` is a trained network's weights (say, a Real-ESRGAN release
+    converted to safetensors); without it the network gets seeded random
+    weights and the pack says ``trained: false``.  Either way the weights are
+    written as the state dict spandrel detects, and load back through
+    :func:`upscale.vsr.load_vsr_pack` as any published file would.
+    """
+    import safetensors.torch
+
+    from upscale.vsr import import_spandrel
+
+    if state_dict is None and trained:
+        raise PackError("a pack with seeded random weights is never trained", field="trained", value=True)
+    root = Path(root)
+    if root.exists() and any(root.iterdir()) and not (root / MANIFEST_NAME).is_file():
+        raise PackError(f"refusing to build a pack into {root}: it holds files and is not a pack")
+    if state_dict is None:
+        import_spandrel()
+        torch.manual_seed(seed)
+        if arch == "SRVGGNetCompact":
+            from spandrel.architectures.Compact import Compact
+
+            net: torch.nn.Module = Compact(upscale=scale, **(config or COMPACT))
+        elif arch == "RRDBNet":
+            from spandrel.architectures.ESRGAN import ESRGAN
+
+            net = ESRGAN(scale=scale, **(config or {}))
+        else:
+            raise PackError(f"arch = {arch!r}: expected SRVGGNetCompact or RRDBNet", field="arch", value=arch)
+        state_dict = net.state_dict()
+    with install_lock(root), atomic_dir(root) as tmp:
+        (tmp / "upscaler").mkdir()
+        tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+        safetensors.torch.save_file(tensors, str(tmp / "upscaler" / "model.safetensors"))
+        pack = Pack(
+            id=pack_id, kind="vsr", root=tmp, latent=PIXELS, trained=trained, label=label,
+            components={"upscaler": Component("upscaler", arch, "upscaler", hash_component_dir(tmp / "upscaler"))},
+            description=description or (f"{arch} x{scale}" + ("" if trained else
+                                        ", seeded random weights, UNTRAINED: not a real upscaler")),
+            scale=scale, temporal_window=temporal_window,
+        )
+        write_manifest(pack)
+    return dataclasses.replace(pack, root=root)

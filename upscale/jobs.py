@@ -7,11 +7,23 @@ file:
 - ``refine`` unit *i*: the latents after refine step *i* (unit 0 is the
   renoised handoff).  The sampler's whole state between steps is ``x`` and the
   step index, so a restarted job loads the last checkpoint and carries on.
+- ``decode`` unit *f*: video frame *f* from the VAE, at the refine size.  The
+  causal decoder's cache is not stored, so a run killed mid-decode replays the
+  decoder from the first frame (writing only the missing units); decode is
+  cheap next to refine, and nothing after it waits on that.
+- ``vsr`` unit *f*: frame *f* at the delivery size, as the 16-bit RGB the
+  encoders take (the quantisation every format applies anyway), so a frame is
+  never upscaled twice.  A temporal VSR's window is refilled from the decode
+  units, so a resumed frame sees what it would have seen.
 - ``deliver`` unit *j*: segment *j* of the delivery (a self-contained movie
-  segment, or that segment's image files).  The VAE decode and the VSR stream
-  frames into the segment being encoded; on restart the causal decoder is
-  replayed over the finished segments' latent frames (decode is cheap next to
-  refine) but nothing finished is upscaled or encoded again.
+  segment, or that segment's image files), encoded from its frames' vsr
+  units, whose files then go: at most a segment of 4K frames is on disk.
+
+A resume therefore redoes at most the unit that was in progress (one refine
+step, one frame, or one segment), except mid-decode (above).  The stages after
+``prepare`` read only the job's directory and the store, so an executor may
+run each segment's VSR and encode as separate tasks on other workers
+(:mod:`upscale.executors`).
 
 Everything is deterministic on CPU (seeded noise, a pinned plan, segment
 length and torch thread count, fixed encoder settings), so a job killed at any
@@ -25,7 +37,8 @@ job holds its ``flock`` (released by the kernel if the process dies), so
 
 from __future__ import annotations
 
-import collections
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -67,12 +80,13 @@ SEGMENT_FRAMES = 8
 # Fault injection for the crash tests: sleep this long after every progress event, so a
 # test can SIGKILL the process at a chosen point.  Never set in normal use.
 UNIT_DELAY_ENV = "PREVIZ_JOB_UNIT_DELAY_S"
+PLAN_FILE = "plan.json"  # in the job's directory: the pinned render (see Render)
 
 
 @dataclass(frozen=True)
 class Progress:
     job_id: str
-    stage: str  # refine (steps) | vsr (frames) | encode (segments)
+    stage: str  # refine (steps) | decode (frames) | vsr (frames) | encode (segments)
     unit: int  # finished units of this stage
     units: int
     eta_s: float | None
@@ -102,8 +116,62 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
+@dataclass(frozen=True)
+class Render:
+    """A job's pinned render, as its ``plan.json`` records it: all the later stages need.
+
+    Written once by :meth:`JobRunner.prepare` (which loads the final pack);
+    the VSR, encode and join stages read it back without loading any model, so
+    they can run in other processes.
+    """
+
+    job_id: str
+    work: Path
+    plan: RefinePlan
+    format: str
+    target: Path
+    size: tuple[int, int]
+    upscaler: str
+    segment_frames: int
+    threads: int
+    meta: DeliveryMeta
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """(first frame, frame count) of each delivery segment."""
+        n, step = self.plan.frames, self.segment_frames
+        return [(s, min(step, n - s)) for s in range(0, n, step)]
+
+    @classmethod
+    def load(cls, store: DraftStore, job_id: str) -> Render:
+        work = store.job_dir(job_id)
+        try:
+            record = json.loads((work / PLAN_FILE).read_text())
+        except FileNotFoundError:
+            raise JobError(f"job {job_id} has not been prepared (no {PLAN_FILE})", field="job_id",
+                           value=job_id) from None
+        plan = dict(record["check"]["plan"])
+        plan["sigmas"] = tuple(plan["sigmas"])
+        m = record["meta"]
+        return cls(job_id=job_id, work=work, plan=RefinePlan(**plan), format=record["format"],
+                   target=Path(record["target"]), size=(int(record["size"][0]), int(record["size"][1])),
+                   upscaler=record["check"]["upscaler"], segment_frames=int(record["segment_frames"]),
+                   threads=int(record["threads"]),
+                   meta=DeliveryMeta(draft_id=m["draft_id"], job_id=m["job_id"], recipe=m["recipe"], fps=m["fps"],
+                                     timecode=m["timecode"], extra=m["extra"]))
+
+
+def quantize(frame: np.ndarray) -> np.ndarray:
+    """A delivery frame as the 16-bit RGB every encoder path starts from (see upscale.encode)."""
+    return np.rint(np.clip(frame, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+def dequantize(frame: np.ndarray) -> np.ndarray:
+    return frame.astype(np.float32) / np.float32(65535.0)
+
+
 class JobRunner:
-    """Runs one job at a time in this process (the local executor: one worker per device)."""
+    """Runs a job's stages; :meth:`run` runs them all in this process (the local executor)."""
 
     def __init__(self, store: DraftStore, *, device: str = "cpu", segment_frames: int = SEGMENT_FRAMES,
                  threads: int | None = None, on_progress: Callable[[Progress], None] | None = None,
@@ -116,14 +184,26 @@ class JobRunner:
         self.segment_frames = segment_frames
         self.threads = threads  # torch CPU threads; None: whatever this process has
         self.stop = stop  # set by a shutting-down server: the job fails at its next unit, resumable
-        self.upscaler = upscaler or upscaler_for("lanczos")  # the only one until a trained VSR pack lands
+        self.upscaler = upscaler  # None: the one the job's options name (default Lanczos)
         self._delay = float(os.environ.get(UNIT_DELAY_ENV, "0") or 0)
         self._models: dict[str, FinalModel] = {}
+        self._upscalers: dict[str, Upscaler] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self, job_id: str, *, resume: bool = False) -> Job:
         """Run a queued job (or resume a dead or failed one) to done; returns the finished row."""
+        with self.hold(job_id, resume=resume):
+            render = self.prepare(job_id)
+            for j in range(len(render.segments)):
+                self.vsr_segment(render, j)
+                self.encode_segment(render, j)
+            self.join(render)
+        return self.store.job(job_id)
+
+    @contextlib.contextmanager
+    def hold(self, job_id: str, *, resume: bool = False) -> Iterator[None]:
+        """Own a job while its stages run: its lock, state running, and on the way out done or failed."""
         job = self.store.job(job_id)
         if not resume and job.state != "queued":
             hint = " (use `previz jobs resume`)" if job.state in ("running", "failed") else ""
@@ -137,7 +217,7 @@ class JobRunner:
                 raise JobError(f"job {job_id} is running in another process", field="state", value=job.state)
             self.store.set_job_state(job_id, "running", allowed_from=("running", "failed") if resume else ("queued",))
             try:
-                output = self._render(self.store.job(job_id), work)
+                yield
             except JobCancelled:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
@@ -147,12 +227,13 @@ class JobRunner:
             except KeyboardInterrupt:
                 self._fail(job_id, "interrupted (resume it with `previz jobs resume`)")
                 raise
-            except BaseException as exc:  # a bug: record it on the job, keep the traceback
+            except BaseException as exc:  # a bug, or a task that failed on another worker: keep the traceback
                 self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}"[:500])
                 raise
-            done = self.store.set_job_state(job_id, "done", output=str(output))
+            job = self.store.job(job_id)
+            if job.output is None or job.state != "done":
+                raise JobError(f"job {job_id}: its stages ended without a delivery", field="job_id", value=job_id)
             shutil.rmtree(work, ignore_errors=True)  # the units are in the delivery now
-            return done
 
     def _fail(self, job_id: str, message: str) -> None:
         try:
@@ -177,14 +258,25 @@ class JobRunner:
         if self._delay:
             time.sleep(self._delay)
 
-    # ------------------------------------------------------------------ the render
+    # ------------------------------------------------------------------ models
 
     def _model(self, pack_ref: str) -> FinalModel:
         if pack_ref not in self._models:
             self._models[pack_ref] = FinalModel(open_final_pack(pack_ref, self.say), device=self.device)
         return self._models[pack_ref]
 
-    def _render(self, job: Job, work: Path) -> Path:
+    def _upscaler(self, name: str) -> Upscaler:
+        if self.upscaler is not None:
+            return self.upscaler
+        if name not in self._upscalers:
+            self._upscalers[name] = upscaler_for(name, device=self.device)
+        return self._upscalers[name]
+
+    # ------------------------------------------------------------------ 1. prepare: plan, refine, decode
+
+    def prepare(self, job_id: str) -> Render:
+        """Pin the plan, then refine and decode (the stages that need the final pack); returns the render."""
+        job = self.store.job(job_id)
         draft = self.store.get(job.draft_id)
         options = job.options
         fmt = delivery_format(options.get("format", "prores"))
@@ -197,50 +289,52 @@ class JobRunner:
         plan = model.plan(draft.recipe, frames=draft.frames, fps=draft.fps, width=width, height=height,
                           strength=float(options.get("strength", DEFAULT_STRENGTH)),
                           handoff=handoff_kind(draft_space, pack))
+        work = self.store.job_dir(job_id)
         work.mkdir(parents=True, exist_ok=True)
-        # A resume keeps the segment length the job started with (H.265 segments are separate
-        # encodes) and its torch thread count (CPU reductions group differently per thread count,
-        # so the bytes are reproducible only at the same count).
-        segment_frames, threads = self._pin_plan(work, job, plan, pack.fingerprint())
-        torch.set_num_threads(threads)
-
-        latents = self._refine(job, draft, model, plan, work)
-        resolution = delivery_size(options.get("resolution", "uhd"))
-        vsr = TiledVSR(self.upscaler, (plan.width, plan.height), resolution)
+        upscaler_name = self.upscaler.name if self.upscaler is not None else options.get("upscaler", "lanczos")
+        upscaler = self._upscaler(upscaler_name)
         meta = DeliveryMeta(
             draft_id=draft.id, job_id=job.id, recipe=draft.recipe, fps=plan.fps,
             timecode=options.get("timecode", DEFAULT_TIMECODE),
             extra={
                 "packs": {"draft": draft.meta.get("pack") or {}, "final": pack.recipe_stamp()},
-                "upscaler": {"name": vsr.upscaler.name, "label": vsr.upscaler.label,
-                             "trained": vsr.upscaler.trained},
+                "upscaler": {"name": upscaler.name, "label": upscaler.label, "trained": upscaler.trained,
+                             "temporal_window": upscaler.temporal_window},
                 "plan": plan.to_dict(),
                 "options": {k: v for k, v in options.items() if k != "output_dir"},
             },
         )
-        return self._deliver(job, model, plan, latents, vsr, fmt, meta, work, target, segment_frames)
+        render = self._pin(job, work, plan, pack.fingerprint(), fmt.name, target,
+                           delivery_size(options.get("resolution", "uhd")), upscaler_name, meta)
+        torch.set_num_threads(render.threads)
+        latents = self._refine(job, draft, model, plan, work)
+        self._decode(render, model, latents)
+        return render
 
-    def _pin_plan(self, work: Path, job: Job, plan: RefinePlan, fingerprint: str) -> tuple[int, int]:
-        """The plan a job started with; a resume against a different pack or plan would mix two renders.
+    def _pin(self, job: Job, work: Path, plan: RefinePlan, fingerprint: str, fmt: str, target: Path,
+             size: tuple[int, int], upscaler: str, meta: DeliveryMeta) -> Render:
+        """The render a job started with; a resume against a different pack or plan would mix two renders.
 
-        Returns the segment length and thread count pinned with it.
+        A resume keeps the segment length the job started with (H.265 segments
+        are separate encodes) and its torch thread count (CPU reductions group
+        differently per thread count, so the bytes are reproducible only at the
+        same count).
         """
-        record: dict[str, Any] = {"plan": plan.to_dict(), "pack": fingerprint, "options": job.options}
-        path = work / "plan.json"
+        check: dict[str, Any] = {"plan": plan.to_dict(), "pack": fingerprint, "options": job.options,
+                                 "upscaler": upscaler}
+        path = work / PLAN_FILE
         if path.is_file():
             pinned = json.loads(path.read_text())
-            segment_frames, threads = int(pinned.pop("segment_frames")), int(pinned.pop("threads"))
-            if pinned != json.loads(json.dumps(record)):
+            if pinned.get("check") != json.loads(json.dumps(check)):
                 raise JobError(f"job {job.id}: its final pack or plan changed since it started; it cannot resume "
                                "into the same file (cancel it and promote the draft again)", field="job_id",
                                value=job.id)
-            return segment_frames, threads
-        record["segment_frames"] = self.segment_frames
-        record["threads"] = self.threads or torch.get_num_threads()
-        atomic_write(path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode())
-        return self.segment_frames, record["threads"]
-
-    # ------------------------------------------------------------------ refine units
+        else:
+            record = {"check": check, "segment_frames": self.segment_frames,
+                      "threads": self.threads or torch.get_num_threads(), "format": fmt, "target": str(target),
+                      "size": list(size), "meta": dataclasses.asdict(meta)}
+            atomic_write(path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode())
+        return Render.load(self.store, job.id)
 
     def _refine(self, job: Job, draft: Draft, model: FinalModel, plan: RefinePlan, work: Path) -> np.ndarray:
         import safetensors.numpy
@@ -249,7 +343,8 @@ class JobRunner:
         last = max((i for i, f in done.items() if (work / f).is_file()), default=None)
         if last is not None:
             x = safetensors.numpy.load_file(str(work / done[last]))["x"]
-            self.say(f"job {job.id}: resuming refine after step {last} of {plan.units}")
+            if last < plan.units:
+                self.say(f"job {job.id}: resuming refine after step {last} of {plan.units}")
         else:
             if plan.handoff == "latent":
                 x = model.start_from_latents(plan, self.store.load_latents(draft.id))
@@ -277,57 +372,116 @@ class JobRunner:
         atomic_write(work / name, safetensors.numpy.save({"x": np.ascontiguousarray(x, np.float32)}))
         self.store.add_unit(job_id, "refine", index, name)  # the row only after the file is whole
 
-    # ------------------------------------------------------------------ delivery units
-
-    def _deliver(self, job: Job, model: FinalModel, plan: RefinePlan, latents: np.ndarray, vsr: TiledVSR,
-                 fmt: Any, meta: DeliveryMeta, work: Path, target: Path, segment_frames: int) -> Path:
-        size = vsr.dst
-        segments = [(s, min(segment_frames, plan.frames - s)) for s in range(0, plan.frames, segment_frames)]
-        done = {i for i, f in self.store.units(job.id, "deliver").items() if (work / f).exists()}
-        first_todo = next((i for i in range(len(segments)) if i not in done), len(segments))
+    def _decode(self, render: Render, model: FinalModel, latents: np.ndarray) -> None:
+        """Decode units: every frame at the refine size (skipped when all are stored already)."""
+        job_id, frames = render.job_id, render.plan.frames
+        done = self._finished(job_id, "decode")
+        if len(done) == frames:
+            return
         if done:
-            self.say(f"job {job.id}: resuming delivery at segment {first_todo} of {len(segments)}")
-        frames = model.decode(latents, plan.frames)
-        window: collections.deque[np.ndarray] = collections.deque(maxlen=vsr.upscaler.temporal_window)
-        started = time.monotonic()
-        first_frame = sum(n for i, (_, n) in enumerate(segments) if i in done)
-        for j, (start, count) in enumerate(segments):
-            if j in done:
-                for _ in range(count):
-                    # Replay the causal decoder; nothing is upscaled or encoded again, but a
-                    # temporal VSR's window is refilled, so the next frame sees what it saw before.
-                    window.append(next(frames))
-                continue
-            self._check_cancelled(job.id)
-            upscaled = self._vsr_frames(job.id, vsr, frames, window, count, start, plan.frames, started,
-                                        first_frame)
-            if fmt.sequence:
-                directory = work / f"deliver/seg{j:05d}"
-                shutil.rmtree(directory, ignore_errors=True)  # a half-written segment from a killed run
-                directory.mkdir(parents=True)
-                for k, image in enumerate(upscaled):
-                    encode_image(directory / frame_name("f", start + k, fmt), image, fmt, size)
-                name = f"deliver/seg{j:05d}"
-            else:
-                name = f"deliver/seg{j:05d}{fmt.ext}"
-                encode_segment(work / name, upscaled, fmt, size, plan.fps)
-            self.store.add_unit(job.id, "deliver", j, name)
-            self._progress(job.id, "encode", j + 1, len(segments), started, first_todo)
-        self._check_cancelled(job.id)
-        if fmt.sequence:
-            files = sorted(p for j in range(len(segments)) for p in (work / f"deliver/seg{j:05d}").iterdir())
-            join_frames(files, target, fmt, meta, timecode_frame(meta.timecode, meta.fps))
-        else:
-            join_segments([work / f"deliver/seg{j:05d}{fmt.ext}" for j in range(len(segments))], target, fmt, meta)
-        return target
+            self.say(f"job {job_id}: replaying the decoder to frame {min(set(range(frames)) - done)} of {frames}")
+        started, first = time.monotonic(), len(done)
+        for f, frame in enumerate(model.decode(latents, frames)):
+            if f in done:
+                continue  # replayed for the causal cache only
+            self._check_cancelled(job_id)
+            self._save_frame(job_id, "decode", f, f"decode/f{f:06d}.safetensors", frame)
+            self._progress(job_id, "decode", f + 1, frames, started, first)
 
-    def _vsr_frames(self, job_id: str, vsr: TiledVSR, frames: Iterator[np.ndarray],
-                    window: collections.deque[np.ndarray], count: int, start: int, total: int, started: float,
-                    first: int) -> Iterator[np.ndarray]:
-        for k in range(count):
-            window.append(next(frames))
-            yield vsr.upscale(list(window))
-            self._progress(job_id, "vsr", start + k + 1, total, started, first)
+    # ------------------------------------------------------------------ units on disk
+
+    def _finished(self, job_id: str, stage: str) -> set[int]:
+        work = self.store.job_dir(job_id)
+        return {i for i, f in self.store.units(job_id, stage).items() if (work / f).exists()}
+
+    def _save_frame(self, job_id: str, stage: str, index: int, name: str, frame: np.ndarray) -> None:
+        import safetensors.numpy
+
+        atomic_write(self.store.job_dir(job_id) / name, safetensors.numpy.save({"frame": np.ascontiguousarray(frame)}))
+        self.store.add_unit(job_id, stage, index, name)
+
+    def _load_frame(self, job_id: str, stage: str, index: int) -> np.ndarray:
+        import safetensors.numpy
+
+        name = self.store.units(job_id, stage).get(index)
+        path = self.store.job_dir(job_id) / (name or "")
+        if name is None or not path.is_file():
+            raise JobError(f"job {job_id}: {stage} unit {index} is missing; `previz jobs resume {job_id}` "
+                           "redoes it", field="job_id", value=job_id)
+        return safetensors.numpy.load_file(str(path))["frame"]
+
+    # ------------------------------------------------------------------ 2. VSR, one segment's frames
+
+    def vsr_segment(self, render: Render, j: int) -> None:
+        """VSR units for segment ``j``'s frames (those not stored yet, and only while the segment is not)."""
+        job_id = render.job_id
+        if j in self._finished(job_id, "deliver"):
+            return
+        torch.set_num_threads(render.threads)
+        upscaler = self._upscaler(render.upscaler)
+        vsr = TiledVSR(upscaler, (render.plan.width, render.plan.height), render.size)
+        start, count = render.segments[j]
+        done = self._finished(job_id, "vsr")
+        started = time.monotonic()
+        first = start + sum(1 for f in range(start, start + count) if f in done)
+        for f in range(start, start + count):
+            if f in done:
+                continue
+            self._check_cancelled(job_id)
+            # The temporal window: this frame and the ones before it, from the decode units.
+            window = [self._load_frame(job_id, "decode", i)
+                      for i in range(max(0, f - upscaler.temporal_window + 1), f + 1)]
+            frame = quantize(vsr.upscale(window))
+            self._save_frame(job_id, "vsr", f, f"vsr/f{f:06d}.safetensors", frame)
+            self._progress(job_id, "vsr", f + 1, render.plan.frames, started, first)
+
+    # ------------------------------------------------------------------ 3. encode, one segment
+
+    def encode_segment(self, render: Render, j: int) -> None:
+        """The deliver unit for segment ``j``, from its frames' vsr units (whose files then go)."""
+        job_id, work = render.job_id, render.work
+        if j in self._finished(job_id, "deliver"):
+            return
+        self._check_cancelled(job_id)
+        fmt = delivery_format(render.format)
+        start, count = render.segments[j]
+        frames = (dequantize(self._load_frame(job_id, "vsr", f)) for f in range(start, start + count))
+        if fmt.sequence:
+            name = f"deliver/seg{j:05d}"
+            directory = work / name
+            shutil.rmtree(directory, ignore_errors=True)  # a half-written segment from a killed run
+            directory.mkdir(parents=True)
+            for k, image in enumerate(frames):
+                encode_image(directory / frame_name("f", start + k, fmt), image, fmt, render.size)
+        else:
+            name = f"deliver/seg{j:05d}{fmt.ext}"
+            encode_segment(work / name, frames, fmt, render.size, render.plan.fps)
+        self.store.add_unit(job_id, "deliver", j, name)
+        for f in range(start, start + count):  # in the segment now: a 4K frame is 48 MB on disk
+            (work / f"vsr/f{f:06d}.safetensors").unlink(missing_ok=True)
+        done = len(self._finished(job_id, "deliver"))
+        self._progress(job_id, "encode", done, len(render.segments), time.monotonic(), done)
+
+    # ------------------------------------------------------------------ 4. join
+
+    def join(self, render: Render) -> Path:
+        """The delivery from every segment, renamed into place whole; the job is then done."""
+        job_id, work = render.job_id, render.work
+        self._check_cancelled(job_id)
+        missing = set(range(len(render.segments))) - self._finished(job_id, "deliver")
+        if missing:
+            raise JobError(f"job {job_id}: segments {sorted(missing)} are not encoded yet", field="job_id",
+                           value=job_id)
+        fmt = delivery_format(render.format)
+        meta = render.meta
+        if fmt.sequence:
+            files = sorted(p for j in range(len(render.segments)) for p in (work / f"deliver/seg{j:05d}").iterdir())
+            join_frames(files, render.target, fmt, meta, timecode_frame(meta.timecode, meta.fps))
+        else:
+            join_segments([work / f"deliver/seg{j:05d}{fmt.ext}" for j in range(len(render.segments))],
+                          render.target, fmt, meta)
+        self.store.set_job_state(job_id, "done", output=str(render.target))
+        return render.target
 
 
 def read_take(path: Path) -> Iterator[np.ndarray]:

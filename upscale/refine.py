@@ -37,6 +37,7 @@ from previz.errors import PackError
 from previz.packs import Pack, load_component
 from previz.sampler import Model, chunk_noise, euler_step, experts, guided, renoise, strength_sigmas
 from previz.text import TextEncoder
+from previz.vae_stream import VAEStream, latent_stats
 
 # The final's noise is its own stream of (seed, stream): distinct from every draft chunk's.
 FINAL_NOISE_STREAM = 1 << 30
@@ -176,17 +177,15 @@ class FinalModel:
         self.device = torch.device(device)
         self.text = text or TextEncoder(pack)
         experts_ = {name: load_component(pack, name) for name in ("transformer", "transformer_2")}
-        cam = pack.conditioning.get("camera") or {}
-        self.camera_channels = int(cam.get("channels", 0)) if cam else 0
+        cam = pack.conditioning.camera
+        self.camera_channels = cam.channels if cam else 0
         for name, module in experts_.items():
             if module.config.in_channels != pack.latent.channels + self.camera_channels:
                 raise PackError(f"pack {pack.id!r}: {name} takes {module.config.in_channels} channels; the layout "
                                 f"and camera say {pack.latent.channels} + {self.camera_channels}")
         self.placement = ExpertPlacement(experts_, self.device, offload)
         self.vae = load_component(pack, "vae").to(self.device)
-        cfg = self.vae.config
-        self.latents_mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        self.latents_std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.latents_mean, self.latents_std = latent_stats(self.vae)
         self.stats = RefineStats()
 
     # ------------------------------------------------------------------ 1. plan and handoff
@@ -309,56 +308,27 @@ class FinalModel:
 
     # ------------------------------------------------------------------ 3. decode, streaming
 
-    @torch.inference_mode()
     def decode(self, latents: np.ndarray, frames: int, *, tile: int = 32, overlap: int = 8,
                on_latent_frame: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
         """Frames [H, W, 3] float32 in [0, 1], one latent frame at a time, in spatial tiles.
 
         ``tile`` and ``overlap`` are in latent cells (x8 pixels).  Each tile has
         its own causal cache, carried from one latent frame to the next, as
-        diffusers' ``tiled_decode`` keeps one per tile over the whole clip.
+        diffusers' ``tiled_decode`` keeps one per tile over the whole clip
+        (:class:`previz.vae_stream.VAEStream`, which the draft path uses too).
         """
-        vae = self.vae
-        z = torch.from_numpy(np.ascontiguousarray(latents, np.float32)) * self.latents_std + self.latents_mean
-        x = vae.post_quant_conv(z.to(self.device))  # a 1x1x1 conv: no temporal state
-        _, _, n_lat, h, w = x.shape
-        scale = self.pack.latent.spatial
-        tiled = h > tile or w > tile  # diffusers' rule: tile only what exceeds one tile
-        tile_h, tile_w = (tile, tile) if tiled else (h, w)
-        stride_h, stride_w = (tile - overlap, tile - overlap) if tiled else (h, w)
-        rows, cols = list(range(0, h, stride_h)), list(range(0, w, stride_w))
-        blend_h, blend_w = (tile_h - stride_h) * scale, (tile_w - stride_w) * scale
-        n_conv = vae._cached_conv_counts["decoder"]
-        caches: dict[tuple[int, int], list[Any]] = {(i, j): [None] * n_conv for i in rows for j in cols}
+        stream = VAEStream(self.vae, tile=tile, overlap=overlap)
+        z = torch.from_numpy(np.ascontiguousarray(latents, np.float32))
         emitted = 0
-        for k in range(n_lat):
-            decoded: dict[tuple[int, int], torch.Tensor] = {}
-            for i in rows:
-                for j in cols:
-                    part = x[:, :, k:k + 1, i:i + tile_h, j:j + tile_w]
-                    decoded[(i, j)] = vae.decoder(part, feat_cache=caches[(i, j)], feat_idx=[0], first_chunk=(k == 0))
-            # Blend each tile into its upper and left neighbours' overlap and keep its stride,
-            # exactly as diffusers' tiled_decode does over the whole clip.
-            out_rows = []
-            for ri, i in enumerate(rows):
-                row = []
-                for ci, j in enumerate(cols):
-                    t = decoded[(i, j)]
-                    if ri > 0:
-                        t = vae.blend_v(decoded[(rows[ri - 1], j)], t, blend_h)
-                    if ci > 0:
-                        t = vae.blend_h(decoded[(i, cols[ci - 1])], t, blend_w)
-                    row.append(t[:, :, :, : stride_h * scale, : stride_w * scale])
-                out_rows.append(torch.cat(row, dim=4))
-            video = torch.cat(out_rows, dim=3)[:, :, :, : h * scale, : w * scale].clamp(-1, 1)
+        for k in range(z.shape[2]):
+            video = stream.decode(z[:, :, k])
             if on_latent_frame is not None:
                 on_latent_frame(k)
-            for f in range(video.shape[2]):
+            for image in video:
                 if emitted == frames:
                     return
-                image = ((video[0, :, f].permute(1, 2, 0) + 1) * 0.5).float().cpu().numpy()
                 emitted += 1
-                yield np.ascontiguousarray(image, dtype=np.float32)
+                yield np.ascontiguousarray(image.cpu().numpy(), dtype=np.float32)
 
     def decode_reference(self, latents: np.ndarray, *, tile: int | None = None, overlap: int = 8) -> np.ndarray:
         """diffusers' own whole-clip decode, [F, H, W, 3] in [0, 1]: the yardstick for :meth:`decode`."""

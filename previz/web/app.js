@@ -278,6 +278,8 @@ function onReady(ev) {
   const maxChars = caps.limits && caps.limits.max_prompt_chars;
   if (maxChars) $("prompt").maxLength = maxChars;
   sceneInit(caps.scene);
+  // An imported Wan checkpoint takes no camera: say so rather than let the controls look live.
+  $("camera-note").hidden = caps.camera !== false;
   setStatus("ready");
   requestDrafts();
 }
