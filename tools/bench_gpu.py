@@ -164,6 +164,7 @@ def graph_flop(graph: Any, device: torch.device, dtype: torch.dtype) -> float:
 def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seconds: float, repeats: int,
                   cache_dir: Path) -> dict[str, Any]:
     from engines.precision import torch_dtype
+    from previz.frame_decoder import EngineFrameDecoder
     from previz.recipe import Recipe
     from previz.take import DraftModel, TakeStats
 
@@ -176,7 +177,9 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     sync(device)
     warmup_s = time.perf_counter() - start
     info = model.engine_info()
-    model.denoiser, model.decoder = Synced(model.denoiser), Synced(model.decoder)
+    model.denoiser = Synced(model.denoiser)
+    if isinstance(model.frame_decoder, EngineFrameDecoder):
+        model.frame_decoder.engine = Synced(model.frame_decoder.engine)
     rows = []
     for i in range(repeats + 1):
         stats = TakeStats()
