@@ -11,7 +11,6 @@ count and per-client queues; files addressed by draft id, never by path.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import http
 import ipaddress
 import itertools
@@ -145,21 +144,27 @@ class PrevizServer:
             names |= {"localhost", "127.0.0.1", "[::1]"}
         return {f"{n}:{self.port}" for n in names} | ({n for n in names} if self.port == 80 else set())
 
-    def _origin_allowed(self, origin: str | None) -> bool:
-        if origin is None:  # browsers always send it; other clients may not, and need no CSRF defence
+    def _origin_allowed(self, origins: list[str]) -> bool:
+        if not origins:  # browsers always send it; other clients may not, and need no CSRF defence
             return True
-        parts = urllib.parse.urlsplit(origin)
+        if len(origins) > 1:  # which one would a browser have meant? Neither.
+            return False
+        try:
+            parts = urllib.parse.urlsplit(origins[0])
+        except ValueError:  # e.g. "http://[": not an origin at all
+            return False
         return parts.scheme in ("http", "https") and not parts.path and parts.netloc in self._allowed_hosts()
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        host = request.headers.get("Host", "")
-        if host not in self._allowed_hosts():
-            return _text(http.HTTPStatus.MISDIRECTED_REQUEST, f"unexpected Host header {host!r}\n")
+        # get_all, not get: a duplicated header would raise MultipleValuesError (HTTP 500) from get.
+        hosts = request.headers.get_all("Host")
+        if len(hosts) != 1 or hosts[0] not in self._allowed_hosts():
+            return _text(http.HTTPStatus.MISDIRECTED_REQUEST, f"unexpected Host header {_shown(hosts)}\n")
         path = request.path.split("?", 1)[0]
         if path == "/ws":
-            origin = request.headers.get("Origin")
-            if not self._origin_allowed(origin):
-                return _text(http.HTTPStatus.FORBIDDEN, f"origin {origin!r} is not allowed\n")
+            origins = request.headers.get_all("Origin")
+            if not self._origin_allowed(origins):
+                return _text(http.HTTPStatus.FORBIDDEN, f"origin {_shown(origins)} is not allowed\n")
             if len(self.sessions) >= self.config.max_clients:
                 return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
             return None  # proceed with the websocket handshake
@@ -190,36 +195,23 @@ class PrevizServer:
         session = Session(
             next(self._ids), loop=loop, model=self.model, worker=self.worker, store=self.store,
             store_executor=self.store_executor, encode_executor=self.encode_executor,
-            limits=self.config.limits, backends=self.backends,
+            limits=self.config.limits, backends=self.backends, token=self.token,
+            background_jobs=self.jobs is not None,
         )
-        session.background_jobs = self.jobs is not None
         self.sessions[session.id] = session
         sock = ws.transport.get_extra_info("socket")
         if self.config.socket_send_buffer and sock is not None:
+            # A fixed send buffer turns off the kernel's autotuning (megabytes per socket), so a slow
+            # reader backs up into the session's outbox, where old frames are dropped, within kilobytes.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
-        authenticated = self.token is None
         pump = asyncio.create_task(session.pump(ws.send))
-        if not authenticated:  # an unauthenticated client may not sit on a connection slot
+        if not session.authenticated:  # an unauthenticated client may not sit on a connection slot
             loop.call_later(AUTH_TIMEOUT_S, lambda: None if session.authenticated else asyncio.ensure_future(
                 ws.close(1008, "authentication timed out")))
         try:
-            session.send_event(session.ready_event() if authenticated else protocol.event(
-                "ready", version=protocol.VERSION, auth="token"))
+            session.core.connected()
             async for raw in ws:
-                try:
-                    message = protocol.parse_message(raw)
-                except protocol.ProtocolError as exc:
-                    session.send_event(protocol.error_event(exc))
-                    continue
-                if not authenticated:
-                    authenticated = session.authenticated = self._authenticate(session, message)
-                    continue
-                try:
-                    await session.handle(message)
-                except Exception as exc:  # a bug must cost one request, not the connection or the server
-                    log.exception("internal error handling %s", message.type)
-                    session.send_event(protocol.error_event(
-                        PrevizError(f"internal error: {type(exc).__name__}"), message.type, message.id))
+                await session.receive(raw)
         except ConnectionClosed:
             pass
         finally:
@@ -227,15 +219,10 @@ class PrevizServer:
             pump.cancel()
             self.sessions.pop(session.id, None)
 
-    def _authenticate(self, session: Session, message: protocol.Message) -> bool:
-        token = message.fields.get("token") if message.type == "hello" else None
-        if isinstance(token, str) and self.token and hmac.compare_digest(token.encode(), self.token.encode()):
-            session.send_event(session.ready_event())
-            return True
-        session.send_event(protocol.error_event(protocol.ProtocolError(
-            "this server needs its token: send {\"type\": \"hello\", \"version\": 1, \"token\": ...}",
-            code="unauthorized", field="token"), message.type, message.id))
-        return False
+
+def _shown(values: list[str]) -> str:
+    """Header values for a refusal's body: quoted, and short, whatever the client sent."""
+    return ", ".join(repr(v[:100]) for v in values[:2]) or "(none)"
 
 
 def _text(status: http.HTTPStatus, text: str) -> Response:
