@@ -9,13 +9,13 @@ code, a message and the offending field, which the server sends back as an
 from __future__ import annotations
 
 import json
-import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from previz.errors import PrevizError
+from previz.validation import is_finite_number, is_valid_text
 
 VERSION = 1
 MAX_TEXT_BYTES = 64 * 1024  # control messages are small; a 1 MB prompt is refused before parsing
@@ -90,7 +90,7 @@ def _check_json(value: Any, where: str = "", depth: int = 0) -> None:
         if not MIN_INT <= value <= MAX_INT:
             raise _fail(f"{where or 'number'}: integers are limited to 64 bits", name, "out_of_range")
     elif isinstance(value, float):
-        if not math.isfinite(value):
+        if not is_finite_number(value):
             raise _fail(f"{where or 'number'} must be finite, got {value}", name, "out_of_range")
     elif isinstance(value, str):
         _check_text(value, name)
@@ -104,11 +104,9 @@ def _check_json(value: Any, where: str = "", depth: int = 0) -> None:
 
 
 def _check_text(value: str, field: str | None) -> None:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_valid_text(value):
         raise _fail(f"{field or 'a string'} is not valid Unicode (a lone UTF-16 surrogate?)", field,
-                    "invalid_string") from None
+                    "invalid_string")
 
 
 def _check_recipe(value: Any, *, partial: bool) -> dict[str, Any]:
@@ -246,15 +244,7 @@ def _valid_id(value: Any) -> bool:
         return False
     if isinstance(value, int):
         return MIN_INT <= value <= MAX_INT
-    return isinstance(value, str) and len(value) <= MAX_ID_CHARS and _encodable(value)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return isinstance(value, str) and len(value) <= MAX_ID_CHARS and is_valid_text(value)
 
 
 def _parse_object(m: dict[str, Any], kind: Any, request_id: Any) -> Message:
