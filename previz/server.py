@@ -16,6 +16,7 @@ import ipaddress
 import itertools
 import logging
 import mimetypes
+import os
 import secrets
 import signal
 import socket
@@ -41,6 +42,7 @@ log = logging.getLogger("previz.server")
 
 DEFAULT_PORT = 8188
 AUTH_TIMEOUT_S = 10.0
+MIN_TOKEN_CHARS = 16
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # beyond this the socket closes (1009); the protocol refuses >64 KiB politely
 STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 DRAFT_FILES = {"thumb.jpg", "take.mp4"}
@@ -73,7 +75,10 @@ class PrevizServer:
         self.model = model
         self.store = store
         self.backends = backends
-        self.token = config.token or (None if is_loopback(config.host) else secrets.token_urlsafe(24))
+        if config.token is not None and not is_loopback(config.host) and len(config.token) < MIN_TOKEN_CHARS:
+            raise PrevizError(f"a token for a non-loopback bind needs at least {MIN_TOKEN_CHARS} characters",
+                              field="token")
+        self.token = config.token or (None if is_loopback(config.host) else secrets.token_urlsafe(32))
         self.worker = GenerationWorker(model)
         self.store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previz-store")
         self.encode_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previz-encode")
@@ -186,7 +191,13 @@ class PrevizServer:
         return _text(http.HTTPStatus.NOT_FOUND, "not found\n")
 
     def _draft_file(self, draft_id: str, name: str) -> bytes:
-        return self.store.file_path(draft_id, name).read_bytes()  # the store validates the id: never a path
+        path = self.store.file_path(draft_id, name)  # the store validates the id: never a path
+        # The store writes plain files; a link planted in it must not serve any file on the machine.
+        if path.parent.is_symlink():
+            raise FileNotFoundError(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # ELOOP (an OSError) on a link
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
 
     # ------------------------------------------------------------------ websocket
 
