@@ -34,7 +34,7 @@ from websockets.http11 import Request, Response
 from previz import protocol
 from previz.drafts import DraftStore
 from previz.errors import PrevizError
-from previz.session import Session, SessionLimits
+from previz.session import Session, SessionLimits, kernel_unsent_bytes
 from previz.take import DraftModel
 from previz.worker import GenerationWorker
 
@@ -43,6 +43,7 @@ log = logging.getLogger("previz.server")
 DEFAULT_PORT = 8188
 AUTH_TIMEOUT_S = 10.0
 MIN_TOKEN_CHARS = 16
+PING_INTERVAL_S = PING_TIMEOUT_S = 20.0
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # beyond this the socket closes (1009); the protocol refuses >64 KiB politely
 STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 DRAFT_FILES = {"thumb.jpg", "take.mp4"}
@@ -55,7 +56,11 @@ class ServeConfig:
     max_clients: int = 16
     allowed_hosts: tuple[str, ...] = ()  # extra Host header values (names other than the bind address)
     token: str | None = None  # None: generated when the bind is not loopback
-    socket_send_buffer: int | None = None  # bytes the kernel may hold per client (None: the OS default)
+    # What a slow reader can have in flight beyond its session's outbox.  Linux autotunes a socket's
+    # send buffer up to megabytes (tens of seconds of draft frames); a fixed one keeps a slow client's
+    # backlog in the outbox, where the oldest frames are dropped.  None: the OS default (autotuned).
+    socket_send_buffer: int | None = 32 * 1024  # the kernel doubles it for its own bookkeeping
+    write_limit: int = 16 * 1024  # websockets' transport buffer high-water mark
     limits: SessionLimits = field(default_factory=SessionLimits)
     run_jobs: bool = False  # render queued final jobs in a background worker (`previz serve` turns it on)
 
@@ -107,6 +112,12 @@ class PrevizServer:
             compression=None,
             max_size=MAX_MESSAGE_BYTES,
             max_queue=4,  # with max_size: at most 8 MiB of unread input per client
+            write_limit=self.config.write_limit,
+            # Keepalive (websockets' defaults, stated): a ping every 20 s, and a client that has not
+            # answered within 20 s is closed (1011).  A slow reader's pong waits behind at most the
+            # bounded backlog above, so reading slowly is not mistaken for being gone.
+            ping_interval=PING_INTERVAL_S,
+            ping_timeout=PING_TIMEOUT_S,
             close_timeout=2,
             server_header="previz",
         )
@@ -215,7 +226,9 @@ class PrevizServer:
             # A fixed send buffer turns off the kernel's autotuning (megabytes per socket), so a slow
             # reader backs up into the session's outbox, where old frames are dropped, within kilobytes.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
-        pump = asyncio.create_task(session.pump(ws.send))
+        transport = ws.transport
+        pump = asyncio.create_task(session.pump(
+            ws.send, lambda: transport.get_write_buffer_size() + (kernel_unsent_bytes(sock) if sock else 0)))
         if not session.authenticated:  # an unauthenticated client may not sit on a connection slot
             loop.call_later(AUTH_TIMEOUT_S, lambda: None if session.authenticated else asyncio.ensure_future(
                 ws.close(1008, "authentication timed out")))

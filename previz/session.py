@@ -12,8 +12,11 @@ core's outbox.
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import logging
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -110,10 +113,23 @@ class Session:
 
     # ------------------------------------------------------------------ core -> socket
 
-    async def pump(self, send: Callable[[str | bytes], Awaitable[None]]) -> None:
-        """Send events and frames in order until the session or the socket closes."""
+    async def pump(self, send: Callable[[str | bytes], Awaitable[None]],
+                   unsent_bytes: Callable[[], int] | None = None) -> None:
+        """Send events and frames in order until the session or the socket closes.
+
+        ``unsent_bytes`` (what the transport and the kernel still hold of what was sent) lets the
+        pump hold frames back while more than ``frames_in_flight`` of them sit in socket buffers,
+        whatever their size: small frames would otherwise fill a send buffer with seconds of video
+        that can no longer be dropped.  Meanwhile the outbox drops the oldest, so the latest frame wins.
+        """
+        in_flight = InFlight(unsent_bytes) if unsent_bytes is not None else None
         try:
             while not self.core.closed:
+                if in_flight is not None and self.core.outbox.next_is_frame():
+                    while in_flight.frames() >= self.limits.frames_in_flight and not self.core.closed:
+                        self.core.socket_busy = True  # the client is behind: frames may now be dropped
+                        await asyncio.sleep(IN_FLIGHT_POLL_S)
+                    self.core.socket_busy = False
                 data = self.core.data_to_send()
                 if data is None:
                     await self.wakeup.wait()
@@ -121,9 +137,11 @@ class Session:
                     continue
                 self.core.socket_busy = True
                 try:
-                    await send(data)  # blocks while the socket's buffers are full
+                    await send(data)  # blocks while the transport's buffer is over its high-water mark
                 finally:
                     self.core.socket_busy = False
+                if in_flight is not None:
+                    in_flight.sent(data)
         except ConnectionClosed:
             pass
         except Exception:  # a broken pump must not leave a client that hears nothing
@@ -216,6 +234,45 @@ class Session:
         err = exc if isinstance(exc, PrevizError) else PrevizError("the take failed (see the server log)")
         text = protocol.error_event(err, "generate", take_id=job.take_id)
         self._on_encoder(self._later, self.core.take_event, job.take_id, text, final=True)
+
+
+IN_FLIGHT_POLL_S = 0.005
+WS_FRAME_OVERHEAD = 10  # bytes of websocket framing per server message, at most (no mask, no compression)
+
+
+class InFlight:
+    """How many sent frames have not yet left this host's buffers (transport + kernel send queue).
+
+    The kernel counts bytes, not messages; the pump knows each message's size, so a running total
+    of bytes written, less what is still unsent, says which frames have left.
+    """
+
+    def __init__(self, unsent_bytes: Callable[[], int]) -> None:
+        self.unsent_bytes = unsent_bytes
+        self.written = 0
+        self.frame_ends: collections.deque[int] = collections.deque()  # byte offset where each frame ends
+
+    def sent(self, data: str | bytes) -> None:
+        self.written += (len(data) if isinstance(data, bytes) else len(data.encode())) + WS_FRAME_OVERHEAD
+        if isinstance(data, bytes):
+            self.frame_ends.append(self.written)
+
+    def frames(self) -> int:
+        left = self.written - self.unsent_bytes()  # bytes that have reached the client's host
+        while self.frame_ends and self.frame_ends[0] <= left:
+            self.frame_ends.popleft()
+        return len(self.frame_ends)
+
+
+def kernel_unsent_bytes(sock: socket.socket) -> int:
+    """Bytes in a TCP socket's send queue not yet acknowledged by the peer (Linux SIOCOUTQ); 0 elsewhere."""
+    try:
+        import fcntl
+        import termios
+
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except (ImportError, OSError, AttributeError):
+        return 0
 
 
 def _concat(latents: list[Any]) -> Any:

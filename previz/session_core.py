@@ -43,6 +43,7 @@ log = logging.getLogger("previz.session")
 class SessionLimits:
     frame_queue: int = 8  # frames buffered per client before the oldest are dropped
     queue_bytes: int = 1024 * 1024  # ...and the bytes they may hold (a 4K test frame must not queue 8 MB)
+    frames_in_flight: int = 2  # frames sent but still in this host's socket buffers, before the outbox holds on
     image_format: str = "jpeg"
     jpeg_quality: int = 85
 
@@ -120,6 +121,9 @@ class Outbox:
         """Forget waiting frames (their take ended or was superseded); events stay."""
         self.items = collections.deque(item for item in self.items if isinstance(item, str))
         self.frames = self.frame_bytes = 0
+
+    def next_is_frame(self) -> bool:
+        return bool(self.items) and isinstance(self.items[0], bytes)
 
     def pop(self) -> str | bytes | None:
         if not self.items:
