@@ -65,6 +65,25 @@ class ServeConfig:
     run_jobs: bool = False  # render queued final jobs in a background worker (`previz serve` turns it on)
 
 
+def websocket_options(config: ServeConfig) -> dict[str, Any]:
+    """The websocket layer's settings: one set for the live server and for the conformance echo
+    (tools/autobahn_conformance.py, tests/test_autobahn.py), so Autobahn tests the limits clients meet."""
+    return dict(
+        origins=None,  # checked in _process_request against the live port (known only after bind)
+        compression=None,
+        max_size=MAX_MESSAGE_BYTES,
+        max_queue=4,  # with max_size: at most 8 MiB of unread input per client
+        write_limit=config.write_limit,
+        # Keepalive (websockets' defaults, stated): a ping every 20 s, and a client that has not
+        # answered within 20 s is closed (1011).  A slow reader's pong waits behind at most the
+        # bounded backlog (see ServeConfig), so reading slowly is not mistaken for being gone.
+        ping_interval=PING_INTERVAL_S,
+        ping_timeout=PING_TIMEOUT_S,
+        close_timeout=2,
+        server_header="previz",
+    )
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -103,24 +122,8 @@ class PrevizServer:
             from upscale.jobs import BackgroundJobs  # imported only when asked: torch-heavy final stage
 
             self.jobs = BackgroundJobs(self.store, self._job_event).start()
-        self._server = await serve(
-            self._connection,
-            self.config.host,
-            self.config.port,
-            process_request=self._process_request,
-            origins=None,  # checked in _process_request against the live port (known only after bind)
-            compression=None,
-            max_size=MAX_MESSAGE_BYTES,
-            max_queue=4,  # with max_size: at most 8 MiB of unread input per client
-            write_limit=self.config.write_limit,
-            # Keepalive (websockets' defaults, stated): a ping every 20 s, and a client that has not
-            # answered within 20 s is closed (1011).  A slow reader's pong waits behind at most the
-            # bounded backlog above, so reading slowly is not mistaken for being gone.
-            ping_interval=PING_INTERVAL_S,
-            ping_timeout=PING_TIMEOUT_S,
-            close_timeout=2,
-            server_header="previz",
-        )
+        self._server = await serve(self._connection, self.config.host, self.config.port,
+                                   process_request=self._process_request, **websocket_options(self.config))
         self.port = self._server.sockets[0].getsockname()[1]
 
     @property
@@ -285,4 +288,4 @@ async def run(config: ServeConfig, *, model: DraftModel, store: DraftStore, back
         await server.close()
 
 
-__all__ = ["DEFAULT_PORT", "PrevizServer", "ServeConfig", "run"]
+__all__ = ["DEFAULT_PORT", "PrevizServer", "ServeConfig", "run", "websocket_options"]

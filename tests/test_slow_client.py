@@ -80,5 +80,5 @@ def test_a_slow_reader_gets_every_event_and_the_newest_frames(test_pack, tmp_pat
     assert len(frames) < started["frames"]  # ...and older ones were dropped for it
     assert other_frames == list(range(60))  # the client beside it lost nothing
     lags.sort()
-    print(f"\nslow reader: {len(frames)}/{started['frames']} frames, behind by p50 {1000 * lags[len(lags) // 2]:.0f} ms, "
-          f"max {1000 * lags[-1]:.0f} ms")
+    print(f"\nslow reader: {len(frames)}/{started['frames']} frames, "
+          f"behind by p50 {1000 * lags[len(lags) // 2]:.0f} ms, max {1000 * lags[-1]:.0f} ms")
