@@ -104,9 +104,15 @@ HUGE = ["1" + "0" * 400, "1e999", "-1e999", "NaN", "Infinity", "-Infinity", "1" 
 ODD_TEXT = ["\\ud800", "\\udfff", "a\\ud83d", "\\u0000", "\\u202e", "\\ufeff", "\\uffff", "🎬", "x" * 3000]
 
 
-def hostile(rng: random.Random) -> tuple[str, str | bytes, bool]:
-    """One message: (its kind, the payload, whether to send bytes as a *text* frame)."""
+def hostile(rng: random.Random, takes: bool = True) -> tuple[str, str | bytes, bool]:
+    """One message: (its kind, the payload, whether to send bytes as a *text* frame).
+
+    ``takes=False``: no message is meant to start a take (a generate is kept invalid in two fields,
+    so one mutation rarely makes it valid), which isolates the cost of the hostile traffic itself
+    from the worker's fair share between sessions with takes."""
     pick = rng.random()
+    if not takes and pick >= 0.95:
+        pick = rng.random() * 0.95
     if pick < 0.08:  # garbage text
         alphabet = '{}[]":,0123456789.eE-+ abtypegnrcio\\u'
         return "garbage_text", "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))), False
@@ -155,8 +161,9 @@ def hostile(rng: random.Random) -> tuple[str, str | bytes, bool]:
         return "oversized", json.dumps({"type": "generate", "recipe": {"prompt": "x" * size}}), False
     if pick < 0.75:  # a valid message, mutated: wrong types, unknown fields, missing fields
         base: dict[str, Any] = rng.choice([
-            {"type": "generate", "id": rng.randint(0, 9), "recipe": _recipe(rng)},
-            {"type": "update", "recipe": {"seed": 3}},
+            {"type": "generate", "id": rng.randint(0, 9),
+             "recipe": _recipe(rng) if takes else {**_recipe(rng), "steps": 0, "seconds": -1}},
+            {"type": "update", "recipe": {"seed": 3} if takes else {"seed": 3, "steps": 0, "seconds": -1}},
             {"type": "approve", "draft_id": "d0123456789abcdef"},
             {"type": "promote", "draft_id": "d0123456789abcdef", "options": {"format": "prores"}},
             {"type": "list_drafts", "limit": 5},
@@ -175,7 +182,7 @@ def hostile(rng: random.Random) -> tuple[str, str | bytes, bool]:
         return "valid", json.dumps(rng.choice([
             {"type": "hello", "version": 1, "id": "h"}, {"type": "list_drafts", "limit": 3},
             {"type": "get_draft", "draft_id": "d0123456789abcdef"}, {"type": "cancel"},
-            {"type": "update", "recipe": {"seed": 1}},
+            {"type": "update", "recipe": {"seed": 1}} if takes else {"type": "cancel", "id": "c"},
         ])), False
     # a real take, at once superseded or cancelled: it costs the streamer a little worker time
     return "take", json.dumps({"type": "generate", "recipe": {**_recipe(rng), "seconds": 0.2}}), False
@@ -188,14 +195,14 @@ class Tally:
         self.errors: collections.Counter[str] = collections.Counter()
         self.closes: collections.Counter[str] = collections.Counter()
         self.events: collections.Counter[str] = collections.Counter()
-        self.refused_handshakes = 0
+        self.refused: collections.Counter[int] = collections.Counter()  # handshakes refused, by HTTP status
         self.internal: list[dict[str, Any]] = []
 
 
 FENCE_EVERY = 10
 
 
-async def hostile_client(url: str, rng: random.Random, tally: Tally, quota: list[int]) -> None:
+async def hostile_client(url: str, rng: random.Random, tally: Tally, quota: list[int], takes: bool) -> None:
     """Sends hostile messages in batches; after each batch a ``hello`` fence, whose answer comes after
     the answers to everything before it (a session answers in order), so every answer is counted."""
     fence = 0
@@ -206,7 +213,9 @@ async def hostile_client(url: str, rng: random.Random, tally: Tally, quota: list
                 while quota[0] > 0:
                     for _ in range(min(FENCE_EVERY, quota[0])):
                         quota[0] -= 1
-                        kind, payload, as_text = hostile(rng)
+                        kind, payload, as_text = hostile(rng, takes)
+                        if not takes and isinstance(payload, str):  # an invalid step count: no take starts
+                            payload = payload.replace('"recipe": {', '"recipe": {"steps": 0, ', 1)
                         tally.tried += 1
                         tally.kinds[kind] += 1
                         await ws.send(payload, text=True) if as_text else await ws.send(payload)
@@ -216,8 +225,8 @@ async def hostile_client(url: str, rng: random.Random, tally: Tally, quota: list
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
             tally.closes[str(rcvd.code) if rcvd else "no close frame"] += 1
-        except InvalidStatus:
-            tally.refused_handshakes += 1
+        except InvalidStatus as exc:
+            tally.refused[exc.response.status_code] += 1
             await asyncio.sleep(0.5)
         except OSError:
             tally.closes["reset"] += 1
@@ -252,6 +261,23 @@ async def raw_garbage(port: int, rng: random.Random, tally: Tally, count: int) -
         except (OSError, asyncio.TimeoutError):
             pass
         writer.close()
+
+
+async def free_slots(url: str, count: int) -> int:
+    """How many of ``count`` new clients get in (and a ready event) at once."""
+    opened = []
+    try:
+        for _ in range(count):
+            try:
+                ws = await connect(url, open_timeout=30)
+            except (InvalidStatus, OSError):
+                break
+            opened.append(ws)
+            await ws.recv()
+        return len(opened)
+    finally:
+        for ws in opened:
+            await ws.close()
 
 
 class Streamer:
@@ -296,12 +322,14 @@ async def fuzz(args: argparse.Namespace) -> None:
         rss_start = rss_mb(server.proc.pid)
         quota = [args.messages]
         await asyncio.gather(
-            *(hostile_client(server.ws, random.Random(rng.random()), tally, quota) for _ in range(args.connections)),
+            *(hostile_client(server.ws, random.Random(rng.random()), tally, quota, args.takes)
+              for _ in range(args.connections)),
             raw_garbage(server.port, random.Random(rng.random()), tally, args.raw),
         )
         t2 = time.perf_counter()
         await asyncio.sleep(2)
         rss_end = rss_mb(server.proc.pid)
+        slots = await free_slots(server.ws, 15)  # the streamer holds the 16th: no session leaked
         streamer.stop = True
         crashed = server.proc.poll() is not None
         if not crashed:
@@ -310,14 +338,15 @@ async def fuzz(args: argparse.Namespace) -> None:
         base_fps, base_gap = streamer.figures(t0 + 5, t1)  # after the first take's warm-up
         fuzz_fps, fuzz_gap = streamer.figures(t1, t2)
         print(f"## stress: {tally.tried} hostile messages over {args.connections} connections "
-              f"(+{args.raw} raw TCP), {t2 - t1:.0f} s")
+              f"(+{args.raw} raw TCP), {t2 - t1:.0f} s, {'with' if args.takes else 'without'} valid takes")
         print(f"- messages by kind: {dict(sorted(tally.kinds.items()))}")
         print(f"- typed errors: {sum(tally.errors.values())} {dict(sorted(tally.errors.items()))}")
         print(f"- other answers: {dict(sorted((k, v) for k, v in tally.events.items() if k != 'error'))}")
-        print(f"- closes by code: {dict(sorted(tally.closes.items()))}; refused handshakes: "
-              f"{tally.refused_handshakes}")
+        print(f"- closes by code: {dict(sorted(tally.closes.items()))}; handshakes refused, by status: "
+              f"{dict(tally.refused)}")
         print(f"- internal errors: {tally.errors.get('previz_error', 0)} events, {internal_logged} in the server log")
-        print(f"- crashes: {int(crashed)} (server exit code {server.proc.poll()})")
+        print(f"- crashes: {int(crashed)} (server exit code {server.proc.poll()}); connection slots free "
+              f"afterwards: {slots}/15 (no session leaked)")
         print(f"- streaming client: {base_fps:.1f} fps alone, {fuzz_fps:.1f} fps during the run; "
               f"p95 frame gap {base_gap:.0f} ms alone, {fuzz_gap:.0f} ms during")
         print(f"- server RSS: {rss_start:.0f} MB at the start of the run, {rss_end:.0f} MB at the end")
@@ -454,6 +483,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=4, help="hostile connections at once")
+    parser.add_argument("--no-takes", dest="takes", action="store_false",
+                        help="hostile traffic only: no message meant to start a take")
     parser.add_argument("--raw", type=int, default=40, help="raw TCP connections sending non-websocket bytes")
     parser.add_argument("--baseline", type=float, default=20, help="seconds the streamer runs alone first")
     parser.add_argument("--clients", type=int, default=0, help="many-clients mode: clients at once")
