@@ -88,7 +88,10 @@ def _check_json(value: Any, where: str = "", depth: int = 0) -> None:
         return
     if isinstance(value, int):
         if not MIN_INT <= value <= MAX_INT:
-            raise _fail(f"{where or 'number'}: integers are limited to 64 bits", name, "out_of_range")
+            digits = str(value)
+            shown = digits if len(digits) <= 30 else f"{digits[:20]}... ({len(digits)} digits)"
+            raise _fail(f"{where or 'number'} = {shown}: integers are limited to 64 bits "
+                        f"({MIN_INT} to {MAX_INT})", name, "out_of_range")
     elif isinstance(value, float):
         if not is_finite_number(value):
             raise _fail(f"{where or 'number'} must be finite, got {value}", name, "out_of_range")
