@@ -264,14 +264,21 @@ class InFlight:
         return len(self.frame_ends)
 
 
+SIOCOUTQNSD = 0x894B  # Linux: bytes in a TCP send queue not yet sent (linux/sockios.h)
+
+
 def kernel_unsent_bytes(sock: socket.socket) -> int:
-    """Bytes in a TCP socket's send queue not yet acknowledged by the peer (Linux SIOCOUTQ); 0 elsewhere."""
+    """Bytes in a TCP socket's send queue that have not been sent yet (Linux SIOCOUTQNSD); 0 elsewhere.
+
+    Not SIOCOUTQ: that also counts bytes sent and waiting for an ACK, which a receiver may delay by
+    tens of milliseconds while the data already sits in its buffer, so a fast client would look slow.
+    Unsent bytes pile up only when the client's window is closed: when it really is not reading.
+    """
     try:
         import fcntl
-        import termios
 
-        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
-    except (ImportError, OSError, AttributeError):
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, b"\0\0\0\0"))[0])
+    except (ImportError, OSError):
         return 0
 
 
