@@ -12,12 +12,14 @@ import socket
 import threading
 import time
 
+import pytest
 from conftest import LiveServer
 from websockets.sync.client import connect
 
 from previz.protocol import unpack_frame
 
 DEADLINE = 180
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
 
 
 def test_a_slow_reader_gets_every_event_and_the_newest_frames(test_pack, tmp_path, cache_dir):
