@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation, Slerp
 
 from previz.errors import PrevizError
+from previz.validation import is_finite_number
 
 SENSOR_WIDTH_MM = 36.0  # full-frame stills / large-format cine width
 DEFAULT_FOCAL_MM = 35.0
@@ -42,6 +44,17 @@ PRESET_RATE = 24  # keyframes per second when a preset is expanded
 MIN_FOCAL_MM, MAX_FOCAL_MM = 4.0, 1200.0
 ZOOM_RANGE_MM = (12.0, 400.0)  # a long cine zoom's range
 MAX_SHAKE_DEGREES = 5.0  # handheld wobble; the page's shake field has the same maximum
+# Bounds on everything a client can send, so no number reaches the spline or rotation maths
+# as something that overflows there (1e308 m, a zero-length keyframe gap, speed 1e300).
+MAX_SPEED = 50.0  # the page's slider goes to 8; aliases multiply it by at most 4
+MAX_POSITION_M = 10_000.0  # per coordinate
+MAX_PATH_SECONDS = 3600.0  # keyframe times lie in 0..this
+MIN_KEYFRAME_GAP_S = 1e-3  # a keyframe per millisecond at most
+MAX_KEYFRAMES = 100_000  # an hour of a .chan file at 24 fps fits
+MAX_QUATERNION = 1e6  # per component: rotations are normalised, but the norm must not overflow
+MIN_SENSOR_MM, MAX_SENSOR_MM = 1.0, 100.0
+MAX_SHAKE_HZ = 20.0
+MAX_SHAKE_SEED = 2**32 - 1
 
 
 class CameraError(PrevizError, ValueError):
@@ -64,8 +77,13 @@ class Keyframe:
 
 
 def _finite(values: Sequence[float], what: str) -> None:
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+    if not all(is_finite_number(v) for v in values):
         raise CameraError(f"camera {what} must be finite numbers, got {list(values)!r}", value=list(values))
+
+
+def _within(value: float, lo: float, hi: float, what: str) -> None:
+    if not lo <= value <= hi:
+        raise CameraError(f"{what} = {value:g}: between {lo:g} and {hi:g}", value=value)
 
 
 def keyframe(data: dict[str, Any]) -> Keyframe:
@@ -84,21 +102,24 @@ def keyframe(data: dict[str, Any]) -> Keyframe:
             sensor_width_mm=data.get("sensor_width_mm", SENSOR_WIDTH_MM),
         )
     except (KeyError, TypeError) as exc:
-        raise CameraError(f"malformed keyframe {data!r} ({exc})", value=data) from None
+        raise CameraError(f"malformed keyframe {str(data)[:200]} ({exc})", value=data) from None
     _finite([kf.time], "keyframe time")
+    _within(kf.time, 0.0, MAX_PATH_SECONDS, "keyframe time")
     if len(kf.position) != 3:
         raise CameraError(f"position needs x, y, z, got {list(kf.position)!r}", value=list(kf.position))
     _finite(kf.position, "position")
+    for v in kf.position:
+        _within(v, -MAX_POSITION_M, MAX_POSITION_M, "position (m)")
     if len(kf.rotation) != 4:
         raise CameraError(f"rotation is a quaternion (x, y, z, w), got {list(kf.rotation)!r}", value=list(kf.rotation))
     _finite(kf.rotation, "rotation")
+    for v in kf.rotation:
+        _within(v, -MAX_QUATERNION, MAX_QUATERNION, "rotation component")
     if np.linalg.norm(kf.rotation) < 1e-6:
         raise CameraError("rotation quaternion is zero", value=list(kf.rotation))
     _finite([kf.focal_mm, kf.sensor_width_mm], "focal length / sensor width")
-    if kf.focal_mm <= 0:
-        raise CameraError(f"focal_mm = {kf.focal_mm}: a focal length must be positive", value=kf.focal_mm)
-    if kf.sensor_width_mm <= 0:
-        raise CameraError(f"sensor_width_mm = {kf.sensor_width_mm}: must be positive", value=kf.sensor_width_mm)
+    _within(kf.focal_mm, MIN_FOCAL_MM, MAX_FOCAL_MM, "focal_mm")
+    _within(kf.sensor_width_mm, MIN_SENSOR_MM, MAX_SENSOR_MM, "sensor_width_mm")
     return kf
 
 
@@ -143,6 +164,7 @@ class CameraPath:
         for a, b in zip(times, times[1:], strict=False):
             if not b > a:
                 raise CameraError(f"keyframe times must increase: {a:g} is followed by {b:g}", value=times)
+
         smoothstep_ease(np.zeros(1), ease)  # validates the name
         self.keyframes = tuple(keyframes)
         self.ease = ease
@@ -258,6 +280,8 @@ def preset_path(name: str, seconds: float, speed: float = 1.0, ease: str = "in_o
         raise CameraError(f"a camera move needs a positive duration, got {seconds}", value=seconds)
     if speed < 0:
         raise CameraError(f"speed = {speed}: must be >= 0 (choose the opposite preset to reverse)", value=speed)
+    _within(speed, 0.0, MAX_SPEED, "speed")
+    _within(seconds, 0.0, MAX_PATH_SECONDS, "duration (s)")
     kind, sign = PRESETS[name]
     n = max(2, int(math.ceil(seconds * PRESET_RATE)) + 1)
     times = np.linspace(0.0, seconds, n)
@@ -327,6 +351,9 @@ def with_shake(path: CameraPath, amplitude: float, seed: int = 0, frequency: flo
     if not 0 <= amplitude <= MAX_SHAKE_DEGREES:
         raise CameraError(f"shake amplitude = {amplitude:g}: between 0 and {MAX_SHAKE_DEGREES:g} degrees",
                           value=amplitude)
+    _within(frequency, 0.0, MAX_SHAKE_HZ, "shake frequency (Hz)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SHAKE_SEED:
+        raise CameraError(f"shake seed = {seed!r}: an integer from 0 to {MAX_SHAKE_SEED}", value=seed)
     rng = np.random.default_rng(seed)
     n = max(2, int(math.ceil(path.duration * PRESET_RATE)) + 1)
     times = np.linspace(0.0, path.duration, n) if path.duration > 0 else np.zeros(1)
@@ -382,20 +409,27 @@ def path_from_spec(spec: dict[str, Any] | None, seconds: float) -> CameraPath:
             raise CameraError(f"camera preset must be a name, got {spec['preset']!r}", value=spec["preset"])
         speed, focal = spec.get("speed", 1.0), spec.get("focal_mm", DEFAULT_FOCAL_MM)
         _finite([speed, focal], "speed / focal_mm")
-        if focal <= 0:
-            raise CameraError(f"focal_mm = {focal}: a focal length must be positive", value=focal)
+        _within(focal, MIN_FOCAL_MM, MAX_FOCAL_MM, "focal_mm")
         path = preset_path(spec["preset"], seconds, float(speed), ease, float(focal))
     else:
         frames = spec["keyframes"]
         if not isinstance(frames, list):
             raise CameraError("keyframes must be a list", value=frames)
-        path = CameraPath([keyframe(k) for k in frames], ease)
+        if len(frames) > MAX_KEYFRAMES:
+            raise CameraError(f"{len(frames)} keyframes; at most {MAX_KEYFRAMES}", value=len(frames))
+        keyframes = [keyframe(k) for k in frames]
+        for a, b in itertools.pairwise(k.time for k in keyframes):
+            if 0 < b - a < MIN_KEYFRAME_GAP_S:  # closer than this, the spline's slopes overflow
+                raise CameraError(f"keyframes {a:g} s and {b:g} s are closer than {MIN_KEYFRAME_GAP_S:g} s",
+                                  value=[a, b])
+        path = CameraPath(keyframes, ease)
     shake = spec.get("shake")
     if shake is not None:
         if not isinstance(shake, dict) or set(shake) - {"amplitude", "seed", "frequency"}:
             raise CameraError("shake is {amplitude, seed, frequency}", value=shake)
-        path = with_shake(path, float(shake.get("amplitude", 0.5)), int(shake.get("seed", 0)),
-                          float(shake.get("frequency", 1.5)))
+        amplitude, frequency = shake.get("amplitude", 0.5), shake.get("frequency", 1.5)
+        _finite([amplitude, frequency], "shake amplitude / frequency")  # before float(): "x", [1] are refused here
+        path = with_shake(path, float(amplitude), shake.get("seed", 0), float(frequency))
     return path
 
 

@@ -9,15 +9,19 @@ code, a message and the offending field, which the server sends back as an
 from __future__ import annotations
 
 import json
-import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from previz.errors import PrevizError
+from previz.validation import is_finite_number, is_valid_text
 
 VERSION = 1
 MAX_TEXT_BYTES = 64 * 1024  # control messages are small; a 1 MB prompt is refused before parsing
+MAX_DEPTH = 16  # nesting of objects and lists in a message (a scene is 4 deep)
+MAX_INT, MIN_INT = 2**63 - 1, -(2**63)
+MAX_ID_CHARS = 256  # a request id is echoed in every answer, so it stays small
 
 # Binary frame header, network byte order:
 #   version u8 | flags u8 | image format u8 | reserved u8 |
@@ -41,11 +45,16 @@ RECIPE_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 
 class ProtocolError(PrevizError):
+    """A message the server cannot act on.  ``request`` / ``request_id`` are the message's type and
+    id when they could be read, so the error event can carry them (``request``, ``re``)."""
+
     code = "bad_message"
 
     def __init__(self, message: str, *, code: str = "bad_message", field: str | None = None) -> None:
         super().__init__(message, field=field)
         self.code = code
+        self.request: str | None = None
+        self.request_id: str | int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,12 +70,56 @@ def _fail(message: str, field: str | None = None, code: str = "bad_message") -> 
     return ProtocolError(message, code=code, field=field)
 
 
+def _shown(value: str, limit: int = 40) -> str:
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}..."
+
+
+def _check_json(value: Any, where: str = "", depth: int = 0) -> None:
+    """What any JSON value in a message must be, whatever field it sits in: nested at most
+    MAX_DEPTH deep, numbers finite, integers within 64 bits, strings (keys too) valid Unicode.
+
+    Python's parser accepts NaN, Infinity, integers of thousands of digits and lone UTF-16
+    surrogates (``"\\ud800"``); none of them may reach code that assumes a float, an int64 or
+    text a tokenizer can encode."""
+    name = where or None
+    if depth > MAX_DEPTH:
+        raise _fail(f"nested more than {MAX_DEPTH} deep", name, "too_large")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not MIN_INT <= value <= MAX_INT:
+            digits = str(value)
+            shown = digits if len(digits) <= 30 else f"{digits[:20]}... ({len(digits)} digits)"
+            raise _fail(f"{where or 'number'} = {shown}: integers are limited to 64 bits "
+                        f"({MIN_INT} to {MAX_INT})", name, "out_of_range")
+    elif isinstance(value, float):
+        if not is_finite_number(value):
+            raise _fail(f"{where or 'number'} must be finite, got {value}", name, "out_of_range")
+    elif isinstance(value, str):
+        _check_text(value, name)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, name)
+            _check_json(item, f"{where}.{key}" if where else key, depth + 1)
+
+
+def _check_text(value: str, field: str | None) -> None:
+    if not is_valid_text(value):
+        raise _fail(f"{field or 'a string'} is not valid Unicode (a lone UTF-16 surrogate?)", field,
+                    "invalid_string")
+
+
 def _check_recipe(value: Any, *, partial: bool) -> dict[str, Any]:
+    if value is None:
+        raise _fail("recipe is required", "recipe", "missing_field")
     if not isinstance(value, dict):
-        raise _fail("recipe must be an object", "recipe")
+        raise _fail("recipe must be an object", "recipe", "wrong_type")
     unknown = sorted(set(value) - set(RECIPE_FIELDS))
     if unknown:
-        raise _fail(f"unknown recipe field {unknown[0]!r}", f"recipe.{unknown[0]}", "unknown_field")
+        raise _fail(f"unknown recipe field {_shown(unknown[0])}", f"recipe.{unknown[0]}", "unknown_field")
     for key, kind in RECIPE_FIELDS.items():
         if key not in value:
             continue
@@ -74,20 +127,20 @@ def _check_recipe(value: Any, *, partial: bool) -> dict[str, Any]:
         if isinstance(v, bool) or not isinstance(v, kind):
             name = kind.__name__ if isinstance(kind, type) else "number"
             raise _fail(f"recipe.{key} must be a {name}, got {type(v).__name__}", f"recipe.{key}", "wrong_type")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise _fail(f"recipe.{key} must be finite", f"recipe.{key}", "wrong_type")
     if not partial and "prompt" not in value:
         raise _fail("generate needs recipe.prompt", "recipe.prompt", "missing_field")
     return dict(value)
 
 
-def _draft_id(value: Any) -> str:
+def _draft_id(m: dict[str, Any]) -> str:
+    if "draft_id" not in m:
+        raise _fail("draft_id is required", "draft_id", "missing_field")
+    value = m["draft_id"]
     if not isinstance(value, str) or not value:
         raise _fail("draft_id must be a non-empty string", "draft_id", "wrong_type")
     return value
 
 
-# type -> (required fields, optional fields, checker)
 def _fields_generate(m: dict[str, Any]) -> dict[str, Any]:
     return {"recipe": _check_recipe(m.get("recipe"), partial=False)}
 
@@ -100,7 +153,9 @@ def _fields_update(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fields_hello(m: dict[str, Any]) -> dict[str, Any]:
-    version = m.get("version", VERSION)
+    if "version" not in m:
+        raise _fail(f"hello needs the protocol version ({VERSION})", "version", "missing_field")
+    version = m["version"]
     if isinstance(version, bool) or not isinstance(version, int):
         raise _fail("version must be an integer", "version", "wrong_type")
     if version != VERSION:
@@ -117,22 +172,24 @@ def _fields_none(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fields_draft(m: dict[str, Any]) -> dict[str, Any]:
-    return {"draft_id": _draft_id(m.get("draft_id"))}
+    return {"draft_id": _draft_id(m)}
 
 
 def _fields_promote(m: dict[str, Any]) -> dict[str, Any]:
     options = m.get("options", {})
     if not isinstance(options, dict):
         raise _fail("options must be an object", "options", "wrong_type")
-    return {"draft_id": _draft_id(m.get("draft_id")), "options": options}
+    return {"draft_id": _draft_id(m), "options": options}
 
 
 def _fields_list(m: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "limit" in m:
         limit = m["limit"]
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        if isinstance(limit, bool) or not isinstance(limit, int):
             raise _fail("limit must be an integer from 1 to 1000", "limit", "wrong_type")
+        if not 1 <= limit <= 1000:
+            raise _fail(f"limit = {limit}: an integer from 1 to 1000", "limit", "out_of_range")
         out["limit"] = limit
     if "state" in m:
         if not isinstance(m["state"], str):
@@ -141,7 +198,8 @@ def _fields_list(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-MESSAGE_TYPES = {
+# type -> (field checker, the fields it may carry besides type and id)
+MESSAGE_TYPES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], set[str]]] = {
     "hello": (_fields_hello, {"version", "token"}),
     "generate": (_fields_generate, {"recipe"}),
     "update": (_fields_update, {"recipe"}),
@@ -154,30 +212,59 @@ MESSAGE_TYPES = {
 }
 
 
-def parse_message(data: str | bytes) -> Message:
-    """One client message.  Raises ProtocolError; never anything else."""
+def decode_json(data: str | bytes) -> Any:
+    """A client's text message as JSON.  Raises ProtocolError; never anything else."""
     if isinstance(data, bytes):
         raise _fail("binary messages are not accepted from clients; send JSON text", None, "binary_not_allowed")
     if len(data) > MAX_TEXT_BYTES:
         raise _fail(f"message of {len(data)} characters is over the {MAX_TEXT_BYTES} limit", None, "too_large")
     try:
-        m = json.loads(data)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise _fail(f"invalid JSON: {exc}", None, "invalid_json") from None
+        return json.loads(data)
+    # ValueError covers JSONDecodeError and integers past Python's digit limit; RecursionError, deep nesting.
+    except (ValueError, RecursionError) as exc:
+        raise _fail(f"invalid JSON: {str(exc)[:200]}", None, "invalid_json") from None
+
+
+def parse_message(data: str | bytes) -> Message:
+    """One client message.  Raises ProtocolError; never anything else.
+
+    Once the message is a JSON object, a readable ``type`` and ``id`` ride on the error, so a
+    client can match it to what it sent."""
+    m = decode_json(data)
     if not isinstance(m, dict):
         raise _fail("a message is a JSON object", None, "bad_message")
-    kind = m.get("type")
+    kind, request_id = m.get("type"), m.get("id")
+    try:
+        return _parse_object(m, kind, request_id)
+    except ProtocolError as exc:
+        exc.request = kind if isinstance(kind, str) and kind in MESSAGE_TYPES else None
+        exc.request_id = request_id if _valid_id(request_id) and exc.field != "id" else None
+        raise
+
+
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return MIN_INT <= value <= MAX_INT
+    return isinstance(value, str) and len(value) <= MAX_ID_CHARS and is_valid_text(value)
+
+
+def _parse_object(m: dict[str, Any], kind: Any, request_id: Any) -> Message:
+    if "type" not in m:
+        raise _fail("message needs a 'type'", "type", "missing_field")
     if not isinstance(kind, str):
-        raise _fail("message needs a string 'type'", "type", "missing_field")
+        raise _fail("type must be a string", "type", "wrong_type")
     if kind not in MESSAGE_TYPES:
-        raise _fail(f"unknown message type {kind!r}", "type", "unknown_type")
-    request_id = m.get("id")
-    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
-        raise _fail("id must be a string or an integer", "id", "wrong_type")
+        raise _fail(f"unknown message type {_shown(kind)}", "type", "unknown_type")
+    if request_id is not None and not _valid_id(request_id):
+        raise _fail(f"id must be a string of at most {MAX_ID_CHARS} characters or a 64-bit integer", "id",
+                    "wrong_type")
     checker, allowed = MESSAGE_TYPES[kind]
     unknown = sorted(set(m) - allowed - {"type", "id"})
     if unknown:
-        raise _fail(f"unknown field {unknown[0]!r} for {kind}", unknown[0], "unknown_field")
+        raise _fail(f"unknown field {_shown(unknown[0])} for {kind}", unknown[0], "unknown_field")
+    _check_json(m)
     return Message(type=kind, id=request_id, fields=checker(m))
 
 

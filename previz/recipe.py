@@ -16,6 +16,7 @@ from typing import Any
 from previz.errors import InvalidRecipeError
 from previz.packs import Pack
 from previz.scene import parse_scene, scene_from_prompt
+from previz.validation import is_finite_number, is_valid_text
 
 DEFAULT_PACK = "previz-backlot"
 MAX_PROMPT_CHARS = 2000
@@ -62,7 +63,7 @@ def _bad(field: str, value: Any, expected: str) -> InvalidRecipeError:
 
 
 def _number(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise _bad(field, value, "expected a finite number")
     return float(value)
 
@@ -78,6 +79,8 @@ def check_prompt(field: str, prompt: Any) -> str:
         raise _bad(field, prompt, "the prompt is empty; describe the shot")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise _bad(field, prompt, f"at most {MAX_PROMPT_CHARS} characters")
+    if not is_valid_text(prompt):
+        raise _bad(field, prompt, "not valid Unicode (a lone UTF-16 surrogate?)")
     return prompt
 
 
@@ -88,8 +91,9 @@ def resolve(recipe: Recipe, pack: Pack) -> Recipe:
         raise _bad("pack", pack.id, "is not a draft pack")
 
     check_prompt("prompt", recipe.prompt)
-    if not isinstance(recipe.negative_prompt, str) or len(recipe.negative_prompt) > MAX_PROMPT_CHARS:
-        raise _bad("negative_prompt", recipe.negative_prompt, f"a string of at most {MAX_PROMPT_CHARS} characters")
+    negative = recipe.negative_prompt
+    if not isinstance(negative, str) or len(negative) > MAX_PROMPT_CHARS or not is_valid_text(negative):
+        raise _bad("negative_prompt", negative, f"valid text of at most {MAX_PROMPT_CHARS} characters")
 
     seed = _integer("seed", recipe.seed)
     if not 0 <= seed <= MAX_SEED:

@@ -21,13 +21,13 @@ prompt alone gives a scene, and the client is shown what was understood.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from previz.errors import InputFileError, PrevizError
+from previz.validation import is_finite_number
 
 MAX_OBJECTS = 16
 MIN_SIZE_M, MAX_SIZE_M = 0.05, 50.0
@@ -101,8 +101,8 @@ def color_name(rgb: tuple[int, int, int]) -> str:
 
 
 def _finite(value: Any, where: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SceneError(f"{value!r} is not a finite number", field=where, value=value)
+    if not is_finite_number(value):
+        raise SceneError(f"{str(value)[:40]} is not a finite number", field=where, value=value)
     if not lo <= value <= hi:
         raise SceneError(f"{value:g} is outside {lo:g}..{hi:g}", field=where, value=value)
     return float(value)

@@ -11,12 +11,12 @@ count and per-client queues; files addressed by draft id, never by path.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import http
 import ipaddress
 import itertools
 import logging
 import mimetypes
+import os
 import secrets
 import signal
 import socket
@@ -34,7 +34,7 @@ from websockets.http11 import Request, Response
 from previz import protocol
 from previz.drafts import DraftStore
 from previz.errors import PrevizError
-from previz.session import Session, SessionLimits
+from previz.session import Session, SessionLimits, kernel_unsent_bytes
 from previz.take import DraftModel
 from previz.worker import GenerationWorker
 
@@ -42,6 +42,8 @@ log = logging.getLogger("previz.server")
 
 DEFAULT_PORT = 8188
 AUTH_TIMEOUT_S = 10.0
+MIN_TOKEN_CHARS = 16
+PING_INTERVAL_S = PING_TIMEOUT_S = 20.0
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # beyond this the socket closes (1009); the protocol refuses >64 KiB politely
 STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 DRAFT_FILES = {"thumb.jpg", "take.mp4"}
@@ -54,9 +56,32 @@ class ServeConfig:
     max_clients: int = 16
     allowed_hosts: tuple[str, ...] = ()  # extra Host header values (names other than the bind address)
     token: str | None = None  # None: generated when the bind is not loopback
-    socket_send_buffer: int | None = None  # bytes the kernel may hold per client (None: the OS default)
+    # What a slow reader can have in flight beyond its session's outbox.  Linux autotunes a socket's
+    # send buffer up to megabytes (tens of seconds of draft frames); a fixed one keeps a slow client's
+    # backlog in the outbox, where the oldest frames are dropped.  None: the OS default (autotuned).
+    socket_send_buffer: int | None = 32 * 1024  # the kernel doubles it for its own bookkeeping
+    write_limit: int = 16 * 1024  # websockets' transport buffer high-water mark
     limits: SessionLimits = field(default_factory=SessionLimits)
     run_jobs: bool = False  # render queued final jobs in a background worker (`previz serve` turns it on)
+
+
+def websocket_options(config: ServeConfig) -> dict[str, Any]:
+    """The websocket layer's settings: one set for the live server and for the conformance echo
+    (tools/autobahn_conformance.py, tests/test_autobahn.py), so Autobahn tests the limits clients meet."""
+    return dict(
+        origins=None,  # checked in _process_request against the live port (known only after bind)
+        compression=None,
+        max_size=MAX_MESSAGE_BYTES,
+        max_queue=4,  # with max_size: at most 8 MiB of unread input per client
+        write_limit=config.write_limit,
+        # Keepalive (websockets' defaults, stated): a ping every 20 s, and a client that has not
+        # answered within 20 s is closed (1011).  A slow reader's pong waits behind at most the
+        # bounded backlog (see ServeConfig), so reading slowly is not mistaken for being gone.
+        ping_interval=PING_INTERVAL_S,
+        ping_timeout=PING_TIMEOUT_S,
+        close_timeout=2,
+        server_header="previz",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -74,7 +99,10 @@ class PrevizServer:
         self.model = model
         self.store = store
         self.backends = backends
-        self.token = config.token or (None if is_loopback(config.host) else secrets.token_urlsafe(24))
+        if config.token is not None and not is_loopback(config.host) and len(config.token) < MIN_TOKEN_CHARS:
+            raise PrevizError(f"a token for a non-loopback bind needs at least {MIN_TOKEN_CHARS} characters",
+                              field="token")
+        self.token = config.token or (None if is_loopback(config.host) else secrets.token_urlsafe(32))
         self.worker = GenerationWorker(model)
         self.store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previz-store")
         self.encode_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previz-encode")
@@ -94,18 +122,8 @@ class PrevizServer:
             from upscale.jobs import BackgroundJobs  # imported only when asked: torch-heavy final stage
 
             self.jobs = BackgroundJobs(self.store, self._job_event).start()
-        self._server = await serve(
-            self._connection,
-            self.config.host,
-            self.config.port,
-            process_request=self._process_request,
-            origins=None,  # checked in _process_request against the live port (known only after bind)
-            compression=None,
-            max_size=MAX_MESSAGE_BYTES,
-            max_queue=4,  # with max_size: at most 8 MiB of unread input per client
-            close_timeout=2,
-            server_header="previz",
-        )
+        self._server = await serve(self._connection, self.config.host, self.config.port,
+                                   process_request=self._process_request, **websocket_options(self.config))
         self.port = self._server.sockets[0].getsockname()[1]
 
     @property
@@ -145,21 +163,27 @@ class PrevizServer:
             names |= {"localhost", "127.0.0.1", "[::1]"}
         return {f"{n}:{self.port}" for n in names} | ({n for n in names} if self.port == 80 else set())
 
-    def _origin_allowed(self, origin: str | None) -> bool:
-        if origin is None:  # browsers always send it; other clients may not, and need no CSRF defence
+    def _origin_allowed(self, origins: list[str]) -> bool:
+        if not origins:  # browsers always send it; other clients may not, and need no CSRF defence
             return True
-        parts = urllib.parse.urlsplit(origin)
+        if len(origins) > 1:  # which one would a browser have meant? Neither.
+            return False
+        try:
+            parts = urllib.parse.urlsplit(origins[0])
+        except ValueError:  # e.g. "http://[": not an origin at all
+            return False
         return parts.scheme in ("http", "https") and not parts.path and parts.netloc in self._allowed_hosts()
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        host = request.headers.get("Host", "")
-        if host not in self._allowed_hosts():
-            return _text(http.HTTPStatus.MISDIRECTED_REQUEST, f"unexpected Host header {host!r}\n")
+        # get_all, not get: a duplicated header would raise MultipleValuesError (HTTP 500) from get.
+        hosts = request.headers.get_all("Host")
+        if len(hosts) != 1 or hosts[0] not in self._allowed_hosts():
+            return _text(http.HTTPStatus.MISDIRECTED_REQUEST, f"unexpected Host header {_shown(hosts)}\n")
         path = request.path.split("?", 1)[0]
         if path == "/ws":
-            origin = request.headers.get("Origin")
-            if not self._origin_allowed(origin):
-                return _text(http.HTTPStatus.FORBIDDEN, f"origin {origin!r} is not allowed\n")
+            origins = request.headers.get_all("Origin")
+            if not self._origin_allowed(origins):
+                return _text(http.HTTPStatus.FORBIDDEN, f"origin {_shown(origins)} is not allowed\n")
             if len(self.sessions) >= self.config.max_clients:
                 return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
             return None  # proceed with the websocket handshake
@@ -181,7 +205,13 @@ class PrevizServer:
         return _text(http.HTTPStatus.NOT_FOUND, "not found\n")
 
     def _draft_file(self, draft_id: str, name: str) -> bytes:
-        return self.store.file_path(draft_id, name).read_bytes()  # the store validates the id: never a path
+        path = self.store.file_path(draft_id, name)  # the store validates the id: never a path
+        # The store writes plain files; a link planted in it must not serve any file on the machine.
+        if path.parent.is_symlink():
+            raise FileNotFoundError(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # ELOOP (an OSError) on a link
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
 
     # ------------------------------------------------------------------ websocket
 
@@ -190,36 +220,25 @@ class PrevizServer:
         session = Session(
             next(self._ids), loop=loop, model=self.model, worker=self.worker, store=self.store,
             store_executor=self.store_executor, encode_executor=self.encode_executor,
-            limits=self.config.limits, backends=self.backends,
+            limits=self.config.limits, backends=self.backends, token=self.token,
+            background_jobs=self.jobs is not None,
         )
-        session.background_jobs = self.jobs is not None
         self.sessions[session.id] = session
         sock = ws.transport.get_extra_info("socket")
         if self.config.socket_send_buffer and sock is not None:
+            # A fixed send buffer turns off the kernel's autotuning (megabytes per socket), so a slow
+            # reader backs up into the session's outbox, where old frames are dropped, within kilobytes.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
-        authenticated = self.token is None
-        pump = asyncio.create_task(session.pump(ws.send))
-        if not authenticated:  # an unauthenticated client may not sit on a connection slot
+        transport = ws.transport
+        pump = asyncio.create_task(session.pump(
+            ws.send, lambda: transport.get_write_buffer_size() + (kernel_unsent_bytes(sock) if sock else 0)))
+        if not session.authenticated:  # an unauthenticated client may not sit on a connection slot
             loop.call_later(AUTH_TIMEOUT_S, lambda: None if session.authenticated else asyncio.ensure_future(
                 ws.close(1008, "authentication timed out")))
         try:
-            session.send_event(session.ready_event() if authenticated else protocol.event(
-                "ready", version=protocol.VERSION, auth="token"))
+            session.core.connected()
             async for raw in ws:
-                try:
-                    message = protocol.parse_message(raw)
-                except protocol.ProtocolError as exc:
-                    session.send_event(protocol.error_event(exc))
-                    continue
-                if not authenticated:
-                    authenticated = session.authenticated = self._authenticate(session, message)
-                    continue
-                try:
-                    await session.handle(message)
-                except Exception as exc:  # a bug must cost one request, not the connection or the server
-                    log.exception("internal error handling %s", message.type)
-                    session.send_event(protocol.error_event(
-                        PrevizError(f"internal error: {type(exc).__name__}"), message.type, message.id))
+                await session.receive(raw)
         except ConnectionClosed:
             pass
         finally:
@@ -227,15 +246,10 @@ class PrevizServer:
             pump.cancel()
             self.sessions.pop(session.id, None)
 
-    def _authenticate(self, session: Session, message: protocol.Message) -> bool:
-        token = message.fields.get("token") if message.type == "hello" else None
-        if isinstance(token, str) and self.token and hmac.compare_digest(token.encode(), self.token.encode()):
-            session.send_event(session.ready_event())
-            return True
-        session.send_event(protocol.error_event(protocol.ProtocolError(
-            "this server needs its token: send {\"type\": \"hello\", \"version\": 1, \"token\": ...}",
-            code="unauthorized", field="token"), message.type, message.id))
-        return False
+
+def _shown(values: list[str]) -> str:
+    """Header values for a refusal's body: quoted, and short, whatever the client sent."""
+    return ", ".join(repr(v[:100]) for v in values[:2]) or "(none)"
 
 
 def _text(status: http.HTTPStatus, text: str) -> Response:
@@ -274,4 +288,4 @@ async def run(config: ServeConfig, *, model: DraftModel, store: DraftStore, back
         await server.close()
 
 
-__all__ = ["DEFAULT_PORT", "PrevizServer", "ServeConfig", "run"]
+__all__ = ["DEFAULT_PORT", "PrevizServer", "ServeConfig", "run", "websocket_options"]

@@ -1,47 +1,40 @@
-"""One session per connection: its recipe, its takes, and its bounded outbox.
+"""One session per connection: the asyncio side of :class:`previz.session_core.SessionCore`.
 
-A session turns protocol messages into takes for the shared worker and turns
-worker results into events and frames for its own socket only, so no frame of
-one client ever reaches another.  Events and frames leave in the order they
-were made, through one outbox that holds at most ``frame_queue`` frames: when a
-client reads slowly its oldest waiting frame is dropped (the latest frame
-wins), so it never stalls the worker and never grows the server's memory.
-Control events are few and small and are never dropped.
+The core decides; this layer moves bytes and runs threads.  It feeds the core
+what the socket, the worker and the store produce, carries out the effects the
+core returns (start or cancel a take on the shared worker, query the store on
+its thread), and pumps the core's outbox into the socket.  A session turns
+worker results into frames and events for its own socket only, so no frame of
+one client ever reaches another; the drop policy for slow clients lives in the
+core's outbox.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import io
 import logging
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 from websockets.exceptions import ConnectionClosed
 
 from previz import protocol
-from previz.camera import ALIASES, PRESETS
 from previz.drafts import DraftStore
-from previz.errors import InvalidRecipeError, PrevizError
-from previz.protocol import FrameHeader, Message
-from previz.recipe import MAX_PROMPT_CHARS, MAX_STEPS, Recipe, frame_count, resolve
-from previz.scene import COLORS, GROUNDS, MAX_OBJECTS, SHAPES, TIMES_OF_DAY
+from previz.errors import PrevizError
+from previz.protocol import FrameHeader
+from previz.session_core import CancelTake, Effect, SessionCore, SessionLimits, StartTake, StoreQuery
 from previz.take import DraftModel, Frame
 from previz.worker import GenerationWorker, TakeJob, throughput
 
 log = logging.getLogger("previz.session")
 
-
-@dataclass(frozen=True)
-class SessionLimits:
-    frame_queue: int = 8  # frames buffered per client before the oldest are dropped
-    image_format: str = "jpeg"
-    jpeg_quality: int = 85
+__all__ = ["Session", "SessionLimits", "encode_image"]
 
 
 def encode_image(image: Any, image_format: str, quality: int) -> bytes:
@@ -63,6 +56,8 @@ class Session:
         encode_executor: Executor,
         limits: SessionLimits,
         backends: list[str],
+        token: str | None = None,
+        background_jobs: bool = False,
     ) -> None:
         self.id = session_id
         self.loop = loop
@@ -72,58 +67,81 @@ class Session:
         self.store_executor = store_executor
         self.encode_executor = encode_executor
         self.limits = limits
-        self.backends = backends
-        self.recipe: dict[str, Any] | None = None  # the client's fields, before defaults
-        self.take_id = 0
-        self.current: TakeJob | None = None
-        self.outbox: collections.deque[tuple[bool, str | bytes]] = collections.deque()  # (is frame, data)
-        self.queued_frames = 0  # frames in the outbox, at most limits.frame_queue
-        self.frames_dropped = 0
-        self.in_send = False  # the pump is waiting for the socket
-        self.authenticated = False
         self.wakeup = asyncio.Event()
-        self.closed = False
-        self.background_jobs = False  # the server renders queued jobs itself (job_* events follow)
+        self.core = SessionCore(session_id, model=model, limits=limits, backends=backends, token=token,
+                                background_jobs=background_jobs, notify=self.wakeup.set)
 
-    # ------------------------------------------------------------------ outbox (event loop thread)
+    @property
+    def authenticated(self) -> bool:
+        return self.core.authenticated
+
+    @property
+    def closed(self) -> bool:
+        return self.core.closed
 
     def send_event(self, text: str) -> None:
-        if not self.closed:
-            self.outbox.append((False, text))
-            self.wakeup.set()
+        self.core.send_event(text)
 
-    def push_frame(self, job: TakeJob, data: bytes) -> None:
-        if self.closed or job is not self.current:
-            return  # superseded between encoding and now (checked here, on the loop thread)
-        # Drop only for a slow *client*: while the pump is blocked in send(), the
-        # socket's buffers are full.  A late event loop is not a slow client, so
-        # frames then just wait, up to a hard cap that bounds memory either way.
-        limit = self.limits.frame_queue if self.in_send else 4 * self.limits.frame_queue
-        if self.queued_frames >= limit:
-            for i, (is_frame, _) in enumerate(self.outbox):  # the oldest waiting frame goes
-                if is_frame:
-                    del self.outbox[i]
-                    break
-            self.frames_dropped += 1
-        else:
-            self.queued_frames += 1
-        self.outbox.append((True, data))
-        self.wakeup.set()
+    # ------------------------------------------------------------------ socket -> core -> effects
 
-    def post(self, job: TakeJob, text: str) -> None:
-        """An event about ``job``, unless the client has moved on to another take."""
-        if job is self.current:
-            self.send_event(text)
+    async def receive(self, data: str | bytes) -> None:
+        """One client message, answered in order: store queries finish before the next message is read."""
+        await self.carry_out(self.core.receive(data))
 
-    def drop_frames(self) -> None:
-        """Forget waiting frames (their take was superseded); events stay."""
-        self.outbox = collections.deque(item for item in self.outbox if not item[0])
-        self.queued_frames = 0
+    async def carry_out(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, StartTake):
+                self._start_take(effect)
+            elif isinstance(effect, CancelTake):
+                self.worker.cancel(self.id)
+            elif isinstance(effect, StoreQuery):
+                await self._query(effect)
 
-    async def pump(self, send: Callable[[str | bytes], Awaitable[None]]) -> None:
-        """Send events and frames in order until the session or the socket closes."""
+    async def _query(self, query: StoreQuery) -> None:
+        # On the store's own thread: off the event loop, in order with draft writes,
+        # and finished before the server shuts down.
         try:
-            await self._pump(send)
+            texts = await self.loop.run_in_executor(self.store_executor, query.run, self.store)
+        except PrevizError as exc:
+            self.core.request_failed(query.message, exc)
+        except Exception as exc:  # a bug must cost one request, not the connection
+            log.exception("session %d: store query for %s failed", self.id, query.message.type)
+            self.core.internal_errors += 1
+            self.core.request_failed(query.message, PrevizError(f"internal error: {type(exc).__name__}"))
+        else:
+            self.core.send_events(texts)
+
+    # ------------------------------------------------------------------ core -> socket
+
+    async def pump(self, send: Callable[[str | bytes], Awaitable[None]],
+                   unsent_bytes: Callable[[], int] | None = None) -> None:
+        """Send events and frames in order until the session or the socket closes.
+
+        ``unsent_bytes`` (what the transport and the kernel still hold of what was sent) lets the
+        pump hold frames back while more than ``frames_in_flight`` of them sit in socket buffers,
+        whatever their size: small frames would otherwise fill a send buffer with seconds of video
+        that can no longer be dropped.  Meanwhile the outbox drops the oldest, so the latest frame wins.
+        """
+        in_flight = InFlight(unsent_bytes) if unsent_bytes is not None else None
+        try:
+            while not self.core.closed:
+                if in_flight is not None and self.core.outbox.next_is_frame():
+                    while in_flight.frames() >= self.limits.frames_in_flight and not self.core.closed:
+                        self.core.socket_busy = True  # the client is behind: frames may now be dropped
+                        await asyncio.sleep(IN_FLIGHT_POLL_S)
+                    self.core.socket_busy = False
+                data = self.core.data_to_send()
+                if data is None:
+                    await self.wakeup.wait()
+                    self.wakeup.clear()
+                    continue
+                self.core.socket_busy = True
+                try:
+                    await send(data)  # blocks while the transport's buffer is over its high-water mark
+                finally:
+                    self.core.socket_busy = False
+                if in_flight is not None:
+                    in_flight.sent(data)
         except ConnectionClosed:
             pass
         except Exception:  # a broken pump must not leave a client that hears nothing
@@ -131,190 +149,58 @@ class Session:
         finally:
             self.close()
 
-    async def _pump(self, send: Callable[[str | bytes], Awaitable[None]]) -> None:
-        while not self.closed:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            while self.outbox and not self.closed:
-                is_frame, data = self.outbox.popleft()
-                if is_frame:
-                    self.queued_frames -= 1
-                self.in_send = True
-                try:
-                    await send(data)  # blocks while the socket's buffers are full
-                finally:
-                    self.in_send = False
-
     def close(self) -> None:
-        self.closed = True
-        self.worker.cancel(self.id)
+        if not self.core.closed:
+            self.core.close()
+        self.worker.cancel(self.id)  # the worker's own record, whatever the core thought was live
         self.wakeup.set()
-
-    # ------------------------------------------------------------------ messages
-
-    def ready_event(self) -> str:
-        pack = self.model.pack
-        assert pack.draft is not None
-        return protocol.event(
-            "ready",
-            version=protocol.VERSION,
-            pack={"id": pack.id, "label": pack.label, "trained": pack.trained, "latent_space": pack.latent.space},
-            draft={"width": self.model.width, "height": self.model.height, "fps": self.model.fps},
-            capabilities={
-                "packs": [pack.id],
-                "backends": self.backends,
-                "presets": sorted(PRESETS) + sorted(ALIASES),
-                "scene": {"shapes": list(SHAPES),
-                          "colors": {k: "#{:02x}{:02x}{:02x}".format(*v) for k, v in COLORS.items()},
-                          "grounds": list(GROUNDS), "times_of_day": list(TIMES_OF_DAY), "max_objects": MAX_OBJECTS,
-                          "control": pack.conditioning.control is not None},
-                # An imported Wan checkpoint takes text (+ context) only: say so, never ignore the camera silently.
-                "camera": pack.conditioning.steers_camera,
-                "image_format": self.limits.image_format,
-                "limits": {
-                    "max_seconds": pack.draft.max_seconds,
-                    "max_prompt_chars": MAX_PROMPT_CHARS,
-                    "size_multiple": pack.draft.size_multiple,
-                    "sizes": [[self.model.width, self.model.height]],
-                    "steps": [1, MAX_STEPS],
-                    "default_steps": pack.draft.steps,
-                    "max_message_bytes": protocol.MAX_TEXT_BYTES,
-                },
-            },
-        )
-
-    async def handle(self, message: Message) -> None:
-        handler = getattr(self, f"_on_{message.type}")
-        try:
-            await handler(message)
-        except PrevizError as exc:
-            self.send_event(protocol.error_event(exc, message.type, message.id))
-
-    async def _on_hello(self, message: Message) -> None:
-        self.send_event(protocol.event("hello", message.id, version=protocol.VERSION))
-
-    async def _on_generate(self, message: Message) -> None:
-        self._start(dict(message.fields["recipe"]), message, reason="generate")
-
-    async def _on_update(self, message: Message) -> None:
-        if self.recipe is None:
-            raise protocol.ProtocolError("nothing to update: send generate first", code="no_take", field="type")
-        self._start({**self.recipe, **message.fields["recipe"]}, message, reason="update")
-
-    async def _on_cancel(self, message: Message) -> None:
-        job = self.worker.cancel(self.id)
-        self.current = None  # nothing more about it reaches the client
-        self.drop_frames()
-        if job is not None:
-            self.send_event(protocol.event("take_cancelled", message.id, take_id=job.take_id, reason="cancel"))
-
-    async def _on_approve(self, message: Message) -> None:
-        await self._set_state(message, "approved")
-
-    async def _on_reject(self, message: Message) -> None:
-        await self._set_state(message, "rejected")
-
-    async def _set_state(self, message: Message, state: str) -> None:
-        draft = await self._store(self.store.set_state, message.fields["draft_id"], state)
-        self.send_event(protocol.event("draft", message.id, draft=await self._draft_dict(draft)))
-
-    async def _on_promote(self, message: Message) -> None:
-        job = await self._store(self.store.promote, message.fields["draft_id"], message.fields["options"])
-        if self.background_jobs:
-            text = ("Promotion recorded: the job is queued, and this server renders it in the background "
-                    "(MoE refine, 4K upscale, delivery encode); its progress follows.")
-        else:
-            text = (f"Promotion recorded: the job is queued. This server does not render jobs (it runs with "
-                    f"--no-jobs), so it stays queued until `previz jobs run {job.id}` renders it.")
-        self.send_event(protocol.event("job_queued", message.id, job=job.to_public_dict(), message=text))
-        draft = await self._store(self.store.get, message.fields["draft_id"])
-        self.send_event(protocol.event("draft", None, draft=await self._draft_dict(draft)))
-
-    async def _on_list_drafts(self, message: Message) -> None:
-        drafts = await self._store(self.store.list, **message.fields)
-        self.send_event(protocol.event("drafts", message.id, drafts=[d.to_dict() for d in drafts]))
-
-    async def _on_get_draft(self, message: Message) -> None:
-        draft = await self._store(self.store.get, message.fields["draft_id"])
-        self.send_event(protocol.event("draft", message.id, draft=await self._draft_dict(draft)))
-
-    async def _store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A store call on the store's own thread: off the event loop, in order with draft writes,
-        and finished before the server shuts down."""
-        return await self.loop.run_in_executor(self.store_executor, functools.partial(fn, *args, **kwargs))
-
-    async def _draft_dict(self, draft: Any) -> dict[str, Any]:
-        out: dict[str, Any] = draft.to_dict()
-        jobs = await self._store(self.store.jobs, draft_id=draft.id)
-        out["jobs"] = [j.to_public_dict() for j in jobs]
-        return out
 
     # ------------------------------------------------------------------ takes
 
-    def _start(self, fields: dict[str, Any], message: Message, *, reason: str) -> None:
-        try:
-            recipe = resolve(Recipe(**fields, pack=self.model.pack.id, backend=self.model.backend), self.model.pack)
-        except TypeError as exc:  # protocol.py already limits fields; this is belt and braces
-            raise InvalidRecipeError(f"bad recipe: {exc}", field="recipe") from None
-        if (recipe.width, recipe.height) != (self.model.width, self.model.height):
-            field = "recipe.width" if recipe.width != self.model.width else "recipe.height"
-            raise InvalidRecipeError(
-                f"this server drafts at {self.model.width}x{self.model.height}; "
-                f"{recipe.width}x{recipe.height} needs a server started at that size", field=field)
-        self.recipe = fields
-        self.take_id += 1
+    def _start_take(self, start: StartTake) -> None:
         job = TakeJob(
-            session_id=self.id, take_id=self.take_id, recipe=recipe,
+            session_id=self.id, take_id=start.take_id, recipe=start.recipe,
             on_frame=self._frame_from_worker, on_chunk=self._chunk_from_worker,
             on_done=self._done_from_worker, on_fail=self._fail_from_worker,
         )
-        self.current = job
-        self.drop_frames()  # frames of the superseded take are stale
-        superseded = self.worker.submit(job)
-        if superseded is not None:
-            self.send_event(protocol.event("take_cancelled", take_id=superseded.take_id, reason=reason))
-        self.send_event(protocol.event(
-            "take_started", message.id, take_id=job.take_id, recipe=recipe.to_dict(),
-            frames=frame_count(recipe, self.model.fps), fps=self.model.fps,
-            chunks=_chunk_count(self.model, recipe), control_preview=self.model.control_preview(recipe),
-        ))
+        self.worker.submit(job)  # supersedes this session's running take, if any
 
     # Worker-thread callbacks.  They only hand work on: the generation thread
     # never waits for an encoder, a disk or a socket.  Everything about a take
     # goes through the one (FIFO) encoder thread, so events and frames reach
-    # the loop in the order they were made.
+    # the loop (and the core) in the order they were made.
 
-    def _later(self, fn: Callable[..., None], *args: Any) -> None:
+    def _later(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         """Run ``fn`` on the event loop, unless the server is shutting down."""
         try:
-            self.loop.call_soon_threadsafe(fn, *args)
+            self.loop.call_soon_threadsafe(lambda: fn(*args, **kwargs))
         except RuntimeError:  # the loop closed under us: nobody is listening any more
             pass
 
-    def _on_encoder(self, fn: Callable[..., None], *args: Any) -> None:
+    def _on_encoder(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         try:
-            self.encode_executor.submit(fn, *args)
+            self.encode_executor.submit(fn, *args, **kwargs)
         except RuntimeError:  # the executor shut down: the server is closing
             pass
 
     def _frame_from_worker(self, job: TakeJob, frame: Frame) -> None:
-        if not self.closed and job is self.current:
+        if self.core.is_live(job.take_id):
             self._on_encoder(self._encode_frame, job, frame)
 
     def _encode_frame(self, job: TakeJob, frame: Frame) -> None:
-        if self.closed or job is not self.current:
+        if not self.core.is_live(job.take_id):
             return  # superseded while it waited: don't spend the CPU
         fmt = protocol.IMAGE_FORMATS[self.limits.image_format]
         data = protocol.pack_frame(
             FrameHeader(job.take_id, frame.chunk, frame.index, frame.pts, frame.last, fmt),
             encode_image(frame.image, self.limits.image_format, self.limits.jpeg_quality),
         )
-        self._later(self.push_frame, job, data)
+        self._later(self.core.take_frame, job.take_id, data)
 
     def _chunk_from_worker(self, job: TakeJob, chunk: int) -> None:
         text = protocol.event("chunk_done", take_id=job.take_id, chunk=chunk, frames_done=job.frames_out,
                               **throughput(job.stats, self.model.fps))
-        self._on_encoder(self._later, self.post, job, text)
+        self._on_encoder(self._later, self.core.take_event, job.take_id, text)
 
     def _done_from_worker(self, job: TakeJob) -> None:
         stats = throughput(job.stats, self.model.fps)
@@ -333,31 +219,70 @@ class Session:
                 log.error("session %d: storing take %d failed", self.id, job.take_id, exc_info=exc)
                 err = exc if isinstance(exc, PrevizError) else PrevizError(
                     "could not store the draft (see the server log)")
-                text = protocol.error_event(err, "generate")
+                text = protocol.error_event(err, "generate", take_id=job.take_id)
             else:
                 text = protocol.event("take_done", take_id=job.take_id, draft_id=f.result().id,
                                       frames=job.frames_out, stats=stats)
-            self._later(self.post, job, text)
+            self._later(self.core.take_event, job.take_id, text, final=True)
 
         # The draft is stored even if the client moved on; only the event is skipped.
         self._on_encoder(store)
 
     def _fail_from_worker(self, job: TakeJob, exc: BaseException) -> None:
+        # A PrevizError (a refused recipe, the GPU out of memory, ...) reaches the client as it is.
         log.error("session %d: take %d failed", self.id, job.take_id, exc_info=exc)
         err = exc if isinstance(exc, PrevizError) else PrevizError("the take failed (see the server log)")
-        self._on_encoder(self._later, self.post, job, protocol.error_event(err, "generate", take_id=job.take_id))
+        text = protocol.error_event(err, "generate", take_id=job.take_id)
+        self._on_encoder(self._later, self.core.take_event, job.take_id, text, final=True)
+
+
+IN_FLIGHT_POLL_S = 0.005
+WS_FRAME_OVERHEAD = 10  # bytes of websocket framing per server message, at most (no mask, no compression)
+
+
+class InFlight:
+    """How many sent frames have not yet left this host's buffers (transport + kernel send queue).
+
+    The kernel counts bytes, not messages; the pump knows each message's size, so a running total
+    of bytes written, less what is still unsent, says which frames have left.
+    """
+
+    def __init__(self, unsent_bytes: Callable[[], int]) -> None:
+        self.unsent_bytes = unsent_bytes
+        self.written = 0
+        self.frame_ends: collections.deque[int] = collections.deque()  # byte offset where each frame ends
+
+    def sent(self, data: str | bytes) -> None:
+        self.written += (len(data) if isinstance(data, bytes) else len(data.encode())) + WS_FRAME_OVERHEAD
+        if isinstance(data, bytes):
+            self.frame_ends.append(self.written)
+
+    def frames(self) -> int:
+        left = self.written - self.unsent_bytes()  # bytes that have reached the client's host
+        while self.frame_ends and self.frame_ends[0] <= left:
+            self.frame_ends.popleft()
+        return len(self.frame_ends)
+
+
+SIOCOUTQNSD = 0x894B  # Linux: bytes in a TCP send queue not yet sent (linux/sockios.h)
+
+
+def kernel_unsent_bytes(sock: socket.socket) -> int:
+    """Bytes in a TCP socket's send queue that have not been sent yet (Linux SIOCOUTQNSD); 0 elsewhere.
+
+    Not SIOCOUTQ: that also counts bytes sent and waiting for an ACK, which a receiver may delay by
+    tens of milliseconds while the data already sits in its buffer, so a fast client would look slow.
+    Unsent bytes pile up only when the client's window is closed: when it really is not reading.
+    """
+    try:
+        import fcntl
+
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, b"\0\0\0\0"))[0])
+    except (ImportError, OSError):
+        return 0
 
 
 def _concat(latents: list[Any]) -> Any:
     import numpy as np
 
     return np.concatenate(latents, axis=2) if latents else np.zeros((0,), np.float32)
-
-
-def _chunk_count(model: DraftModel, recipe: Recipe) -> int:
-    from previz.sampler import plan_chunks
-
-    assert model.pack.draft is not None
-    total = model.pack.latent.latent_frames(frame_count(recipe, model.fps))
-    return len(plan_chunks(total, model.pack.draft.window_frames, model.pack.draft.context_frames))
-

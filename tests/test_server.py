@@ -146,13 +146,15 @@ def _slow_client_case(live_server: LiveServer) -> None:
     for i in range(3):  # the stalled client's take runs the whole time
         reader.send(type="generate", recipe={"prompt": f"reader {i}", "seconds": 1.0})
         reader.event("take_done")
-    session = next(s for s in live_server.server.sessions.values() if s.recipe and s.recipe["prompt"] == "never read")
-    assert session.queued_frames <= session.limits.frame_queue  # bounded: the latest frames win
+    session = next(s for s in live_server.server.sessions.values()
+                   if s.core.recipe and s.core.recipe["prompt"] == "never read")
+    outbox = session.core.outbox
+    assert outbox.frames <= session.limits.frame_queue  # bounded: the latest frames win
     deadline = time.monotonic() + DEADLINE
     while live_server.server.worker.busy() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert session.frames_dropped > 0 and session.queued_frames <= session.limits.frame_queue
-    assert sum(1 for is_frame, _ in session.outbox if is_frame) == session.queued_frames
+    assert outbox.dropped > 0 and outbox.frames <= session.limits.frame_queue
+    assert sum(1 for item in outbox.items if isinstance(item, bytes)) == outbox.frames
     # Once it reads again, it still gets its control events (never dropped) and the latest frames.
     done = stalled.event("take_done")
     assert live_server.store.get(done["draft_id"]).frames == 150  # the stored draft has every frame

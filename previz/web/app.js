@@ -327,6 +327,8 @@ function onTakeCancelled(ev) {
 }
 
 function onError(ev) {
+  // Stop pressed after the take already ended: nothing to stop is not a failure worth red text.
+  if (ev.code === "no_take" && ev.request === "cancel") { setStatus("nothing to stop"); return; }
   const where = ev.field ? ` (${ev.field})` : "";
   setStatus(`${ev.code}: ${ev.message}${where}`, true);
   sceneError(ev);
