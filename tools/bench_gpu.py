@@ -268,15 +268,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in students:
             pack = build_pack(table[name], packs, width, height, *((16, 8) if args.small else (512, 64)))
             text = TextEncoder(pack)
-            results = [bench_variant(pack, text, v, device, seconds, repeats, cache_dir) for v in variants]
-            params = results[0]["params_b"]
-            size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
             unit, scale = ("GFLOP/s", 1e3) if args.small else ("TFLOP/s", 1.0)
-            print(f"\n## {name}: {size}-parameter denoiser\n")
-            print("| variant | fps | realtime | time to first frame | denoise / decode / rest of the loop (s) "
-                  f"| denoiser call | denoiser {unit} (of peak) | compile | peak memory |")
-            print("|---|---|---|---|---|---|---|---|---|")
-            for r in results:
+            for i, variant in enumerate(variants):
+                # Each row prints as soon as it is measured, so a run cut short keeps what it finished.
+                r = bench_variant(pack, text, variant, device, seconds, repeats, cache_dir)
+                if i == 0:
+                    params = r["params_b"]
+                    size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
+                    print(f"\n## {name}: {size}-parameter denoiser\n")
+                    print("| variant | fps | realtime | time to first frame | denoise / decode / rest of the loop (s) "
+                          f"| denoiser call | denoiser {unit} (of peak) | compile | peak memory |")
+                    print("|---|---|---|---|---|---|---|---|---|")
                 peak = peaks[{"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[r["precision"]]]
                 memory = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "-"
                 compile_ = f"{r['compile_s']:.1f} s" if r["compile_s"] else "-"
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['denoise_s']:.2f} / {r['decode_s']:.2f} / {r['other_s']:.2f} of {r['wall_s']:.2f} | "
                       f"{r['denoise_call_ms']:.1f} ms | {r['denoise_tflops'] * scale:.2f} "
                       f"({100 * r['denoise_tflops'] / peak:.0f}%)"
-                      f" | {compile_} | {memory} |")
+                      f" | {compile_} | {memory} |", flush=True)
     return 0
 
 
