@@ -25,15 +25,11 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+from served import Server
 from websockets.asyncio.client import connect
 
 from previz.protocol import unpack_frame
@@ -68,29 +64,6 @@ def engine_fps(pack_ref: str, backend: str, seconds: float) -> float:
             rates.append(n / (time.perf_counter() - start))
     model.close()
     return statistics.median(rates)
-
-
-class Server:
-    def __init__(self, pack: str, backend: str) -> None:
-        self.store = tempfile.mkdtemp(prefix="previz-bench-store-")
-        exe = Path(sys.executable).with_name("previz")
-        self.proc = subprocess.Popen(
-            [str(exe), "serve", "--port", "0", "--pack", pack, "--backend", backend, "--store", self.store],
-            stderr=subprocess.PIPE, text=True,
-        )
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            match = re.search(r"live at (http://[^ ]+)/", line)
-            if match:
-                self.url = match.group(1)
-                break
-        else:
-            raise RuntimeError("previz serve did not start")
-        self.ws = self.url.replace("http://", "ws://") + "/ws"
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 async def take(ws_url: str, prompt: str, seconds: float) -> dict[str, Any]:

@@ -21,24 +21,20 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import random
-import re
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from served import Server
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from previz.protocol import unpack_frame
 
-REPO = Path(__file__).resolve().parents[1]
 SHOT = "two red boxes left of a tall blue pillar on sand at dusk"
 
 
@@ -56,40 +52,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-class Server:
-    """`previz serve` in its own process; its log is drained (and kept) so it never blocks on a pipe."""
-
-    def __init__(self, pack: str, backend: str) -> None:
-        self.store = tempfile.mkdtemp(prefix="previz-stress-store-")
-        # This checkout's previz (not whichever one the venv's `previz` script was installed from).
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "previz.cli", "serve", "--port", "0", "--pack", pack, "--backend", backend,
-             "--store", self.store, "--no-jobs"], stderr=subprocess.PIPE, text=True, env=env)
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            match = re.search(r"live at (http://[^ ]+)/", line)
-            if match:
-                self.url = match.group(1)
-                break
-        else:
-            raise RuntimeError("previz serve did not start")
-        self.ws = self.url.replace("http://", "ws://") + "/ws"
-        self.port = int(self.url.rsplit(":", 1)[1])
-        self.log: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
 
 
 # ----------------------------------------------------------------------------- hostile messages
@@ -310,7 +272,7 @@ class Streamer:
 
 
 async def fuzz(args: argparse.Namespace) -> None:
-    server = Server(args.pack, args.backend)
+    server = Server(args.pack, args.backend, "--no-jobs")
     rng = random.Random(args.seed)
     tally = Tally()
     try:
@@ -377,7 +339,7 @@ async def stalled_client(port: int) -> socket.socket:
 
 
 async def many(args: argparse.Namespace) -> None:
-    server = Server(args.pack, args.backend)
+    server = Server(args.pack, args.backend, "--no-jobs")
     try:
         stalled = [await stalled_client(server.port) for _ in range(args.stalled)]
         streamers = [Streamer(server.ws, f"client {i + 1}") for i in range(args.clients - args.stalled)]
