@@ -19,12 +19,13 @@ the draft and the final: both read one path, each at its own resolution.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,19 @@ MAX_SHAKE_SEED = 2**32 - 1
 class CameraError(PrevizError, ValueError):
     code = "invalid_camera"
 
-    def __init__(self, message: str, value: Any = None) -> None:
-        super().__init__(message, field="camera", value=value)
+    def __init__(self, message: str, value: Any = None, *, field: str = "camera") -> None:
+        super().__init__(message, field=field, value=value)
+
+
+@contextlib.contextmanager
+def _field(path: str) -> Iterator[None]:
+    """Name ``path`` (``camera.keyframes[2]``) in the errors raised inside that do not name a finer one."""
+    try:
+        yield
+    except CameraError as exc:
+        if exc.field == "camera":
+            exc.field = path
+        raise
 
 
 @dataclass(frozen=True)
@@ -76,18 +88,24 @@ class Keyframe:
         return dataclasses.asdict(self)
 
 
-def _finite(values: Sequence[float], what: str) -> None:
+def _finite(values: Sequence[float], what: str, field: str = "camera") -> None:
     if not all(is_finite_number(v) for v in values):
-        raise CameraError(f"camera {what} must be finite numbers, got {list(values)!r}", value=list(values))
+        raise CameraError(f"camera {what} must be finite numbers, got {list(values)!r}", value=list(values),
+                          field=field)
 
 
-def _within(value: float, lo: float, hi: float, what: str) -> None:
+def _within(value: float, lo: float, hi: float, what: str, field: str = "camera") -> None:
     if not lo <= value <= hi:
-        raise CameraError(f"{what} = {value:g}: between {lo:g} and {hi:g}", value=value)
+        raise CameraError(f"{what} = {value:g}: between {lo:g} and {hi:g}", value=value, field=field)
 
 
-def keyframe(data: dict[str, Any]) -> Keyframe:
-    """A keyframe from its JSON form, checked."""
+def keyframe(data: dict[str, Any], where: str = "camera") -> Keyframe:
+    """A keyframe from its JSON form, checked; errors name ``where`` (``camera.keyframes[2]``) and the field."""
+    with _field(where):
+        return _keyframe(data, where)
+
+
+def _keyframe(data: dict[str, Any], where: str) -> Keyframe:
     if not isinstance(data, dict):
         raise CameraError(f"a keyframe is an object, got {data!r}", value=data)
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(Keyframe)})
@@ -103,23 +121,26 @@ def keyframe(data: dict[str, Any]) -> Keyframe:
         )
     except (KeyError, TypeError) as exc:
         raise CameraError(f"malformed keyframe {str(data)[:200]} ({exc})", value=data) from None
-    _finite([kf.time], "keyframe time")
-    _within(kf.time, 0.0, MAX_PATH_SECONDS, "keyframe time")
+    _finite([kf.time], "keyframe time", f"{where}.time")
+    _within(kf.time, 0.0, MAX_PATH_SECONDS, "keyframe time", f"{where}.time")
     if len(kf.position) != 3:
-        raise CameraError(f"position needs x, y, z, got {list(kf.position)!r}", value=list(kf.position))
-    _finite(kf.position, "position")
+        raise CameraError(f"position needs x, y, z, got {list(kf.position)!r}", value=list(kf.position),
+                          field=f"{where}.position")
+    _finite(kf.position, "position", f"{where}.position")
     for v in kf.position:
-        _within(v, -MAX_POSITION_M, MAX_POSITION_M, "position (m)")
+        _within(v, -MAX_POSITION_M, MAX_POSITION_M, "position (m)", f"{where}.position")
     if len(kf.rotation) != 4:
-        raise CameraError(f"rotation is a quaternion (x, y, z, w), got {list(kf.rotation)!r}", value=list(kf.rotation))
-    _finite(kf.rotation, "rotation")
+        raise CameraError(f"rotation is a quaternion (x, y, z, w), got {list(kf.rotation)!r}", value=list(kf.rotation),
+                          field=f"{where}.rotation")
+    _finite(kf.rotation, "rotation", f"{where}.rotation")
     for v in kf.rotation:
-        _within(v, -MAX_QUATERNION, MAX_QUATERNION, "rotation component")
+        _within(v, -MAX_QUATERNION, MAX_QUATERNION, "rotation component", f"{where}.rotation")
     if np.linalg.norm(kf.rotation) < 1e-6:
-        raise CameraError("rotation quaternion is zero", value=list(kf.rotation))
-    _finite([kf.focal_mm, kf.sensor_width_mm], "focal length / sensor width")
-    _within(kf.focal_mm, MIN_FOCAL_MM, MAX_FOCAL_MM, "focal_mm")
-    _within(kf.sensor_width_mm, MIN_SENSOR_MM, MAX_SENSOR_MM, "sensor_width_mm")
+        raise CameraError("rotation quaternion is zero", value=list(kf.rotation), field=f"{where}.rotation")
+    _finite([kf.focal_mm], "focal length", f"{where}.focal_mm")
+    _finite([kf.sensor_width_mm], "sensor width", f"{where}.sensor_width_mm")
+    _within(kf.focal_mm, MIN_FOCAL_MM, MAX_FOCAL_MM, "focal_mm", f"{where}.focal_mm")
+    _within(kf.sensor_width_mm, MIN_SENSOR_MM, MAX_SENSOR_MM, "sensor_width_mm", f"{where}.sensor_width_mm")
     return kf
 
 
@@ -350,10 +371,11 @@ def with_shake(path: CameraPath, amplitude: float, seed: int = 0, frequency: flo
     _finite([amplitude, frequency], "shake amplitude / frequency")
     if not 0 <= amplitude <= MAX_SHAKE_DEGREES:
         raise CameraError(f"shake amplitude = {amplitude:g}: between 0 and {MAX_SHAKE_DEGREES:g} degrees",
-                          value=amplitude)
-    _within(frequency, 0.0, MAX_SHAKE_HZ, "shake frequency (Hz)")
+                          value=amplitude, field="camera.shake.amplitude")
+    _within(frequency, 0.0, MAX_SHAKE_HZ, "shake frequency (Hz)", "camera.shake.frequency")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SHAKE_SEED:
-        raise CameraError(f"shake seed = {seed!r}: an integer from 0 to {MAX_SHAKE_SEED}", value=seed)
+        raise CameraError(f"shake seed = {seed!r}: an integer from 0 to {MAX_SHAKE_SEED}", value=seed,
+                          field="camera.shake.seed")
     rng = np.random.default_rng(seed)
     n = max(2, int(math.ceil(path.duration * PRESET_RATE)) + 1)
     times = np.linspace(0.0, path.duration, n) if path.duration > 0 else np.zeros(1)
@@ -398,38 +420,50 @@ def path_from_spec(spec: dict[str, Any] | None, seconds: float) -> CameraPath:
         raise CameraError(f"camera must be an object, got {spec!r}", value=spec)
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
-        raise CameraError(f"unknown camera field {unknown[0]!r}", value=unknown[0])
+        raise CameraError(f"unknown camera field {unknown[0]!r}", value=unknown[0], field=f"camera.{unknown[0]}")
     if ("preset" in spec) == ("keyframes" in spec):
         raise CameraError("camera needs exactly one of 'preset' or 'keyframes'", value=spec)
     ease = spec.get("ease", "in_out" if "preset" in spec else "linear")
-    if not isinstance(ease, str):
-        raise CameraError(f"ease must be one of {', '.join(EASES)}", value=ease)
+    if not isinstance(ease, str) or ease not in EASES:
+        raise CameraError(f"unknown ease {ease!r}: one of {', '.join(EASES)}", value=ease, field="camera.ease")
     if "preset" in spec:
         if not isinstance(spec["preset"], str):
-            raise CameraError(f"camera preset must be a name, got {spec['preset']!r}", value=spec["preset"])
+            raise CameraError(f"camera preset must be a name, got {spec['preset']!r}", value=spec["preset"],
+                              field="camera.preset")
         speed, focal = spec.get("speed", 1.0), spec.get("focal_mm", DEFAULT_FOCAL_MM)
-        _finite([speed, focal], "speed / focal_mm")
-        _within(focal, MIN_FOCAL_MM, MAX_FOCAL_MM, "focal_mm")
-        path = preset_path(spec["preset"], seconds, float(speed), ease, float(focal))
+        _finite([speed], "speed", "camera.speed")
+        _finite([focal], "focal_mm", "camera.focal_mm")
+        _within(focal, MIN_FOCAL_MM, MAX_FOCAL_MM, "focal_mm", "camera.focal_mm")
+        if speed < 0:
+            raise CameraError(f"speed = {speed}: must be >= 0 (choose the opposite preset to reverse)", value=speed,
+                              field="camera.speed")
+        _within(speed, 0.0, MAX_SPEED, "speed", "camera.speed")
+        with _field("camera.preset"):
+            path = preset_path(spec["preset"], seconds, float(speed), ease, float(focal))
     else:
         frames = spec["keyframes"]
         if not isinstance(frames, list):
-            raise CameraError("keyframes must be a list", value=frames)
+            raise CameraError("keyframes must be a list", value=frames, field="camera.keyframes")
         if len(frames) > MAX_KEYFRAMES:
-            raise CameraError(f"{len(frames)} keyframes; at most {MAX_KEYFRAMES}", value=len(frames))
-        keyframes = [keyframe(k) for k in frames]
-        for a, b in itertools.pairwise(k.time for k in keyframes):
+            raise CameraError(f"{len(frames)} keyframes; at most {MAX_KEYFRAMES}", value=len(frames),
+                              field="camera.keyframes")
+        keyframes = [keyframe(k, f"camera.keyframes[{i}]") for i, k in enumerate(frames)]
+        for i, (a, b) in enumerate(itertools.pairwise(k.time for k in keyframes)):
             if 0 < b - a < MIN_KEYFRAME_GAP_S:  # closer than this, the spline's slopes overflow
                 raise CameraError(f"keyframes {a:g} s and {b:g} s are closer than {MIN_KEYFRAME_GAP_S:g} s",
-                                  value=[a, b])
-        path = CameraPath(keyframes, ease)
+                                  value=[a, b], field=f"camera.keyframes[{i + 1}].time")
+        with _field("camera.keyframes"):
+            path = CameraPath(keyframes, ease)
     shake = spec.get("shake")
     if shake is not None:
         if not isinstance(shake, dict) or set(shake) - {"amplitude", "seed", "frequency"}:
-            raise CameraError("shake is {amplitude, seed, frequency}", value=shake)
+            raise CameraError("shake is {amplitude, seed, frequency}", value=shake, field="camera.shake")
         amplitude, frequency = shake.get("amplitude", 0.5), shake.get("frequency", 1.5)
-        _finite([amplitude, frequency], "shake amplitude / frequency")  # before float(): "x", [1] are refused here
-        path = with_shake(path, float(amplitude), shake.get("seed", 0), float(frequency))
+        # Checked before float(): "x" and [1] are refused here, each naming its field.
+        _finite([amplitude], "shake amplitude", "camera.shake.amplitude")
+        _finite([frequency], "shake frequency", "camera.shake.frequency")
+        with _field("camera.shake"):
+            path = with_shake(path, float(amplitude), shake.get("seed", 0), float(frequency))
     return path
 
 

@@ -280,8 +280,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                        help="compute precision of the torch and tensorrt engines (auto: bf16 on a CUDA GPU, "
-                             "fp32 on CPU; onnxruntime runs fp32)")
+                        help="compute precision of the engines (auto: bf16 on a CUDA GPU, fp32 on CPU; "
+                             "tensorrt takes fp16 or fp32; onnxruntime runs fp32)")
     parser.add_argument("--compile", choices=["auto", "on", "off", "cuda-graphs"], default="auto",
                         help="torch.compile the torch engines (auto: on with a CUDA GPU, off on CPU; cuda-graphs: "
                              "also capture CUDA graphs). The first compile takes minutes; later starts reuse "

@@ -483,6 +483,9 @@ def parse_manifest(data: Any, root: Path) -> Pack:
     if kind == "final" and not (isinstance(boundary, (int, float)) and 0.0 < boundary < 1.0):
         raise PackError(f"{where}: a final pack needs boundary_ratio in (0, 1)")
     conditioning = parse_conditioning(data.get("conditioning", {}), latent, where)
+    if draft is not None and conditioning.context is not None and conditioning.context.frames != draft.context_frames:
+        raise PackError(f"{where}: conditioning.context.frames = {conditioning.context.frames} disagrees with "
+                        f"draft.context_frames = {draft.context_frames}")
     training = data.get("training", {})
     if not isinstance(training, dict):
         raise PackError(f"{where}: training must be an object")
@@ -507,8 +510,8 @@ def parse_manifest(data: Any, root: Path) -> Pack:
         conditioning=conditioning,
         boundary_ratio=boundary,
         final=final,
-        scale=data.get("scale"),
-        temporal_window=data.get("temporal_window"),
+        scale=data.get("scale", 1) if kind == "vsr" else data.get("scale"),  # the default the check above used
+        temporal_window=data.get("temporal_window", 1) if kind == "vsr" else data.get("temporal_window"),
         training=dict(training),
         weights=weights,
         source=dict(source),

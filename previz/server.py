@@ -29,6 +29,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from previz import protocol
@@ -216,6 +217,10 @@ class PrevizServer:
     # ------------------------------------------------------------------ websocket
 
     async def _connection(self, ws: ServerConnection) -> None:
+        if len(self.sessions) >= self.config.max_clients:
+            # Handshakes that passed the 503 check at the same moment: the limit holds here, where a slot is taken.
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many clients")
+            return
         loop = asyncio.get_running_loop()
         session = Session(
             next(self._ids), loop=loop, model=self.model, worker=self.worker, store=self.store,

@@ -296,7 +296,10 @@ class Take:
     the chunk, its kept latents and a lazy iterator of its frames (decoded one
     latent frame at a time, so the first frames leave before the chunk's last).
     A take built with a saved :class:`TakeState` carries on from that chunk with
-    exactly the frames an uninterrupted take would have made.
+    exactly the latents an uninterrupted take would have made, and, with a
+    frame-wise decoder, exactly its frames; a streamed Wan VAE (an imported
+    checkpoint) rebuilds its causal cache from the context latents, so its
+    frames come close but not bit for bit (see :mod:`previz.frame_decoder`).
     """
 
     def __init__(self, model: DraftModel, recipe: Recipe, stats: TakeStats | None = None,

@@ -174,10 +174,12 @@ class GenerationWorker:
 def out_of_memory_error(recipe: Recipe, model: DraftModel) -> PrevizError:
     """What a client reads when its take did not fit in device memory: what it asked for, and what to lower."""
     window = model.pack.draft.window_frames if model.pack.draft else None
+    # Half precision halves the weights and activations; only worth saying where the engine runs fp32.
+    precision = ", or use --precision bf16" if model.denoiser.info.precision == "fp32" else ""
     return OutOfDeviceMemoryError(
         f"out of memory on {model.denoiser.info.device} for a {recipe.width}x{recipe.height}, {recipe.seconds:g} s "
         f"take (window of {window} latent frames): lower the size, the seconds or the pack's window "
-        "(draft.window_frames), or use --precision bf16; other takes go on",
+        f"(draft.window_frames){precision}; other takes go on",
         field="size", value=f"{recipe.width}x{recipe.height}",
     )
 

@@ -313,7 +313,34 @@ def test_json_is_the_recipes_own_form(tmp_path):
 def test_invalid_paths_are_clear_errors(spec, needle):
     with pytest.raises(CameraError, match=needle) as err:
         path_from_spec(spec, 4.0)
-    assert err.value.field == "camera"
+    assert err.value.field == "camera" or err.value.field.startswith("camera.")
+
+
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"preset": "orbit_left", "speed": 1e9}, "camera.speed"),
+        ({"preset": "orbit_left", "focal_mm": float("nan")}, "camera.focal_mm"),
+        ({"preset": "barrel_roll"}, "camera.preset"),
+        ({"preset": "static", "ease": "bounce"}, "camera.ease"),
+        ({"preset": "static", "zoom": 2}, "camera.zoom"),
+        ({"keyframes": [{"time": 0, "position": [0, 0, 0]}, {"time": 1, "position": [0, 1e12, 0]}]},
+         "camera.keyframes[1].position"),
+        ({"keyframes": [{"time": 0, "position": [0, 0, 0], "focal_mm": 1e9}]}, "camera.keyframes[0].focal_mm"),
+        ({"keyframes": [{"time": 0, "position": [0, 0, 0], "rotation": [0, 0, 0, 0]}]},
+         "camera.keyframes[0].rotation"),
+        ({"keyframes": [{"time": 0, "position": [0, 0, 0]}, {"time": 0.0005, "position": [0, 0, 0]}]},
+         "camera.keyframes[1].time"),
+        ({"keyframes": "x"}, "camera.keyframes"),
+        ({"preset": "static", "shake": {"amplitude": 1e9}}, "camera.shake.amplitude"),
+        ({"preset": "static", "shake": {"seed": -1}}, "camera.shake.seed"),
+        ({"preset": "static", "shake": {"frequency": "fast"}}, "camera.shake.frequency"),
+    ],
+)
+def test_camera_errors_name_the_field_they_refuse(spec, field):
+    with pytest.raises(CameraError) as err:
+        path_from_spec(spec, 4.0)
+    assert err.value.field == field
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,10 @@ def test_final_and_vsr_packs_are_described_the_same_way(tmp_path):
     final["boundary_ratio"] = 0.9
     with pytest.raises(PackError, match="transformer_2"):
         parse_manifest(final, tmp_path)
+    vsr = {"format": "previz-pack/1", "id": "x4", "kind": "vsr", "latent": final["latent"],
+           "components": {"upscaler": {"class": "SRVGGNetCompact", "subfolder": "upscaler", "sha256": {}}}}
+    pack = parse_manifest(vsr, tmp_path)  # scale and window left out: 1, as checked, not None
+    assert (pack.scale, pack.temporal_window) == (1, 1)
 
 
 @pytest.mark.parametrize(
@@ -189,6 +193,8 @@ TEST_TRANSFORMER_SMALL = dict(patch_size=(1, 2, 2), num_attention_heads=2, atten
         (lambda d: {**d, "latent": {**d["latent"], "temporal": 0}}, "temporal = 0"),
         (lambda d: {**d, "id": ["a"]}, "id must be a non-empty string"),
         (lambda d: {**d, "latent": {**d["latent"], "colour": 1}}, "unknown field 'colour'"),
+        (lambda d: {**d, "conditioning": {**d["conditioning"], "context": {**d["conditioning"]["context"],
+                                                                          "frames": 2}}}, "disagrees"),
     ],
 )
 def test_malformed_manifests_are_pack_errors(test_pack, pack_copy, mutate, needle):

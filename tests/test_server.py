@@ -172,7 +172,7 @@ def _slow_client_case(live_server: LiveServer) -> None:
         (json.dumps({"type": "generate", "recipe": {"prompt": "x", "seconds": -2}}), "invalid_recipe",
          "seconds"),
         (json.dumps({"type": "generate", "recipe": {"prompt": "x", "camera": {"preset": "barrel_roll"}}}),
-         "invalid_camera", "camera"),
+         "invalid_camera", "camera.preset"),
         (json.dumps({"type": "generate", "recipe": {"prompt": "x", "colour": "red"}}), "unknown_field",
          "recipe.colour"),
         (json.dumps({"type": "update", "recipe": {"seed": 2}}), "no_take", "type"),
@@ -287,3 +287,38 @@ def test_cancel_silences_the_take_and_the_session_stays_usable(live_server):
     assert len(client.frames_of(take)) == seen  # nothing of the cancelled take after take_cancelled
     assert not any(e["type"] == "take_done" and e["take_id"] == take for e in client.events)
     assert [h.index for h in client.frames_of(started["take_id"])] == list(range(6))
+
+
+def test_the_client_limit_holds_for_a_handshake_that_raced_past_the_503(test_pack, tmp_path, cache_dir,
+                                                                       monkeypatch):
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    from previz.server import PrevizServer
+
+    check, racing = PrevizServer._process_request, []
+
+    async def process_request(self, connection, request):
+        if not racing:
+            return await check(self, connection, request)
+        # The race: the check sees no sessions, as a second handshake running beside the first's would.
+        sessions, self.sessions = self.sessions, {}
+        try:
+            return await check(self, connection, request)
+        finally:
+            self.sessions = sessions
+
+    monkeypatch.setattr(PrevizServer, "_process_request", process_request)
+    server = LiveServer(test_pack, tmp_path / "drafts", cache_dir, max_clients=1)
+    try:
+        first = open_client(server)
+        with pytest.raises(InvalidStatus, match="503"):  # the usual case: refused at the handshake
+            connect(server.ws_url)
+        racing.append(True)
+        second = connect(server.ws_url)  # past the 503 check, but the slot is still not there to take
+        with pytest.raises(ConnectionClosed) as closed:
+            second.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        first.send(type="hello", version=1)
+        assert first.event("hello")["version"] == 1  # the client holding the slot keeps it
+    finally:
+        server.close()

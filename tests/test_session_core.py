@@ -131,13 +131,14 @@ def test_a_take_that_fails_ends_with_an_error_naming_it(torch_model):
          "recipe.seed"),
         ('{"type": "generate", "id": 5, "recipe": {"prompt": "\\ud800 cube"}}', "invalid_string", "recipe.prompt"),
         ('{"type": "generate", "id": 5, "recipe": {"prompt": "x", "camera": {"preset": "static", "shake": '
-         '{"amplitude": "x"}}}}', "invalid_camera", "camera"),
+         '{"amplitude": "x"}}}}', "invalid_camera", "camera.shake.amplitude"),
         ('{"type": "generate", "id": 5, "recipe": {"prompt": "x", "camera": {"keyframes": [{"time": 0, '
-         '"position": [1e308, 0, 0]}, {"time": 1, "position": [-1e308, 0, 0]}]}}}', "invalid_camera", "camera"),
+         '"position": [1e308, 0, 0]}, {"time": 1, "position": [-1e308, 0, 0]}]}}}', "invalid_camera",
+         "camera.keyframes[0].position"),
         ('{"type": "generate", "id": 5, "recipe": {"prompt": "x", "camera": {"preset": "pan_left", '
-         '"speed": 1e300}}}', "invalid_camera", "camera"),
+         '"speed": 1e300}}}', "invalid_camera", "camera.speed"),
         ('{"type": "generate", "id": 5, "recipe": {"prompt": "x", "camera": {"preset": "static", '
-         '"focal_mm": 1e308}}}', "invalid_camera", "camera"),
+         '"focal_mm": 1e308}}}', "invalid_camera", "camera.focal_mm"),
         ('{"type": "generate", "id": 5, "recipe": {"prompt": "x", "seconds": 1' + "0" * 18 + "}}",
          "invalid_recipe", "seconds"),
         ('{"type": "generate", "id": 5}', "missing_field", "recipe"),

@@ -155,7 +155,7 @@ def test_bad_cameras_are_recipe_errors_naming_the_camera(test_pack):
 
     with pytest.raises(CameraError) as err:
         resolve(Recipe(prompt="a cube", camera={"preset": "barrel_roll"}), test_pack)
-    assert err.value.field == "camera" and "barrel_roll" in err.value.message
+    assert err.value.field == "camera.preset" and "barrel_roll" in err.value.message
 
 
 def test_a_take_resumes_from_its_saved_state_with_the_same_frames(torch_model):

@@ -138,9 +138,11 @@ class RayExecutor:
         from upscale.jobs import SEGMENT_FRAMES, JobRunner
 
         self.ray, self.store, self.device = ray, store, device
-        # Ray gives a task OMP_NUM_THREADS = its CPUs (1); a job pins its own torch thread count,
-        # and the same count as another executor's gives the same bytes.
-        self.threads = threads
+        # Ray gives a task OMP_NUM_THREADS = its CPUs (1); a job pins its own torch thread count, by
+        # default this process's, as a local run does, so the two give the same bytes.
+        import torch  # here, not at the top: `previz jobs list` should not pay for it
+
+        self.threads = threads or torch.get_num_threads()
         self.segment_frames = segment_frames or SEGMENT_FRAMES
         self.runner = JobRunner(store, device=device)  # holds each job here, in the driver
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
@@ -153,6 +155,8 @@ class RayExecutor:
                                retry_exceptions=RETRIED_EXCEPTIONS)  # type: ignore[call-overload]
         self._prepare, self._vsr, self._encode, self._join = (
             task(f) for f in (prepare_task, vsr_task, encode_task, join_task))
+        if device.startswith("cuda"):  # Ray hides the GPUs from a task that asks for none
+            self._prepare, self._vsr = (t.options(num_gpus=1) for t in (self._prepare, self._vsr))
 
     def run(self, job_ids: list[str]) -> list[Outcome]:
         out = []

@@ -305,14 +305,14 @@ class JobRunner:
             },
         )
         render = self._pin(job, work, plan, pack.fingerprint(), fmt.name, target,
-                           delivery_size(options.get("resolution", "uhd")), upscaler_name, meta)
+                           delivery_size(options.get("resolution", "uhd")), upscaler_name, upscaler.fingerprint, meta)
         torch.set_num_threads(render.threads)
         latents = self._refine(job, draft, model, plan, work)
         self._decode(render, model, latents)
         return render
 
     def _pin(self, job: Job, work: Path, plan: RefinePlan, fingerprint: str, fmt: str, target: Path,
-             size: tuple[int, int], upscaler: str, meta: DeliveryMeta) -> Render:
+             size: tuple[int, int], upscaler: str, upscaler_weights: str | None, meta: DeliveryMeta) -> Render:
         """The render a job started with; a resume against a different pack or plan would mix two renders.
 
         A resume keeps the segment length the job started with (H.265 segments
@@ -321,7 +321,7 @@ class JobRunner:
         same count).
         """
         check: dict[str, Any] = {"plan": plan.to_dict(), "pack": fingerprint, "options": job.options,
-                                 "upscaler": upscaler}
+                                 "upscaler": upscaler, "upscaler_weights": upscaler_weights}
         path = work / PLAN_FILE
         if path.is_file():
             pinned = json.loads(path.read_text())

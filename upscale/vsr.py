@@ -58,6 +58,8 @@ class Upscaler(Protocol):
     def temporal_window(self) -> int: ...  # frames it looks at (1: per frame)
     @property
     def margin(self) -> int: ...  # source pixels of context a tile needs around its box
+    @property
+    def fingerprint(self) -> str | None: ...  # the weights' identity (None: no weights), pinned by a job
 
     def __call__(self, crops: list[np.ndarray], box: Box, size: tuple[int, int]) -> np.ndarray: ...
 
@@ -70,6 +72,7 @@ class Lanczos:
     label: str = "Lanczos resampling (no trained VSR pack yet)"
     trained: bool = False
     temporal_window: int = 1
+    fingerprint: str | None = None
     margin: int = 4  # Lanczos-3 reaches 3 source pixels; one more for rounding at the tile edge
     tile: int = 768
 
@@ -253,8 +256,9 @@ class NetworkUpscaler:
 
     def __init__(self, module: torch.nn.Module, *, name: str, label: str, trained: bool, scale: int,
                  temporal_window: int = 1, margin: int = 16, threshold: float = 0.04, device: str = "cpu",
-                 half: bool = False) -> None:
+                 half: bool = False, fingerprint: str | None = None) -> None:
         self.module, self.name, self.label, self.trained = module.eval(), name, label, trained
+        self.fingerprint = fingerprint
         self.scale, self.temporal_window, self.margin, self.threshold = scale, temporal_window, margin, threshold
         self.device = torch.device(device)
         # fp16 on a GPU where the network supports it (as Real-ESRGAN runs); fp32 on a CPU.
@@ -327,7 +331,7 @@ def load_vsr_pack(ref: str, *, device: str = "cpu") -> NetworkUpscaler:
     return NetworkUpscaler(descriptor.model, name=pack.id, label=f"{component.cls} x{pack.scale}: {label}",
                            trained=pack.trained, scale=int(descriptor.scale),
                            temporal_window=pack.temporal_window or 1, margin=margin, device=device,
-                           half=bool(descriptor.supports_half))
+                           half=bool(descriptor.supports_half), fingerprint=pack.fingerprint())
 
 
 def upscaler_for(name: str, *, device: str = "cpu") -> Upscaler:
