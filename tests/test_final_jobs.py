@@ -284,6 +284,7 @@ class WindowedLanczos:
     trained: bool = False
     temporal_window: int = 3
     margin: int = 4
+    fingerprint: str | None = None  # no weights
 
     def __call__(self, crops, box, size):
         from upscale.vsr import Lanczos
