@@ -66,10 +66,13 @@ class Session:
         self.store = store
         self.store_executor = store_executor
         self.encode_executor = encode_executor
-        self.limits = limits
         self.wakeup = asyncio.Event()
         self.core = SessionCore(session_id, model=model, limits=limits, backends=backends, token=token,
                                 background_jobs=background_jobs, notify=self.wakeup.set)
+
+    @property
+    def limits(self) -> SessionLimits:
+        return self.core.limits  # one copy: the core's
 
     @property
     def authenticated(self) -> bool:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import cpu_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from previz.recipe import DEFAULT_PACK
@@ -41,13 +42,8 @@ warnings.filterwarnings("ignore")
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {platform.python_version()}"
+    threads = torch.get_num_threads()
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch threads {threads}, {platform.python_version()}"
 
 
 def gemm_gflops(n: int = 1024, repeats: int = 10, trials: int = 5) -> float:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_model
 from torch.utils.flop_counter import FlopCounterMode
 
 warnings.filterwarnings("ignore")
@@ -83,13 +84,7 @@ def machine(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(device)
         return (f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, "
                 f"CUDA {torch.version.cuda}, Python {platform.python_version()}")
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def sync(device: torch.device) -> None:
