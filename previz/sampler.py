@@ -122,7 +122,9 @@ def sample_window(
     x = noise.to(torch.float32, copy=True)
     context = None if context is None else context.to(torch.float32)
     for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
-        levels = torch.cat([torch.zeros(n_ctx), torch.full((n_new,), sigma)]).to(x.device)
+        # Made on the device: a host tensor copied there would make the host wait for the GPU every step.
+        levels = torch.full((n_ctx + n_new,), sigma, device=x.device)
+        levels[:n_ctx] = 0.0
         window = x if context is None else torch.cat([context, x], dim=2)
         velocity = model(window, token_timesteps(levels, tokens_per_frame))
         x = x + (sigma_next - sigma) * velocity[:, :, n_ctx:]
@@ -164,4 +166,5 @@ def chunk_noise(seed: int, chunk: int, shape: tuple[int, ...], device: str | tor
     CPU's) and moved to ``device`` once per chunk.
     """
     rng = np.random.Generator(np.random.PCG64([seed, chunk]))
-    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(device)
+    # non_blocking: the copy is staged at once and the host does not wait for the device's queue to drain.
+    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(device, non_blocking=True)

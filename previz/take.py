@@ -107,6 +107,9 @@ class DraftModel:
         with engine_errors():
             self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)
         self.device = self.denoiser.device
+        # A CUDA device runs behind the host: work is queued and the host goes on until it reads a result.
+        # A take uses that to build the next window's inputs while the device denoises this one.
+        self.asynchronous = self.device.type == "cuda"
         # The decoder seam (previz.frame_decoder): a frame-wise graph on the same backend, or, for an
         # imported Wan checkpoint, its own VAE streamed with a causal cache carried across chunks.
         self.decoder_graph = None if streams_with_vae(pack) else build_decoder_graph(pack, self.width, self.height)
@@ -180,7 +183,7 @@ class DraftModel:
                 latents=range(first, first + count),
             )
             # Contiguous once here, not at every denoiser call that reads it.
-            return torch.from_numpy(maps).permute(1, 0, 2, 3)[None].contiguous().to(self.device)
+            return torch.from_numpy(maps).permute(1, 0, 2, 3)[None].contiguous().to(self.device, non_blocking=True)
 
         return window
 
@@ -214,7 +217,7 @@ class DraftModel:
                 for i in [i for i in rendered if i < first]:
                     del rendered[i]  # a take moves forward: earlier frames are never asked for again
             maps = torch.stack([rendered[i] for i in wanted])
-            return maps.permute(1, 0, 2, 3)[None].contiguous().to(self.device)
+            return maps.permute(1, 0, 2, 3)[None].contiguous().to(self.device, non_blocking=True)
 
         return window
 
@@ -278,6 +281,12 @@ class DraftModel:
             take.stats.chunks_done += 1
 
 
+@dataclass(frozen=True)
+class WindowInputs:
+    noise: torch.Tensor  # [1, C, new, h, w]
+    extra: dict[str, torch.Tensor]  # conditioning by denoiser input name (camera, control), whole window
+
+
 @dataclass
 class TakeState:
     """All a take carries from one chunk boundary to the next: small, explicit, checkpointable.
@@ -328,6 +337,7 @@ class Take:
         resume = None if self.done else self.chunks[self.state.next_chunk].start
         previous = self.state.context  # the frames before a resumed take's next chunk, to warm a stateful decoder
         self.frame_stream = model.frame_decoder.open(resume or 0, previous)  # one decoder stream per take
+        self._ahead: tuple[int, WindowInputs] | None = None  # the next window's inputs, built early (see step)
 
     @property
     def done(self) -> bool:
@@ -337,9 +347,12 @@ class Take:
         """Index of the chunk's first video frame: the frames of every latent frame before it."""
         return min(self.total_frames, self.layout.video_frames(chunk.start)) if chunk.start else 0
 
-    def step(self) -> tuple[Chunk, torch.Tensor, Iterator[Frame]]:
-        model, layout, stats = self.model, self.layout, self.stats
-        chunk = self.chunks[self.state.next_chunk]
+    def inputs(self, chunk: Chunk) -> WindowInputs:
+        """What the host makes for one window: its noise and its camera and control maps, sent to the device.
+
+        A function of the recipe and the chunk alone, so building it early changes nothing.
+        """
+        model, layout = self.model, self.layout
         lat_h, lat_w = layout.latent_size(model.width, model.height)
         noise = chunk_noise(self.recipe.seed, chunk.index, (1, layout.channels, chunk.new, lat_h, lat_w),
                             model.device)
@@ -350,15 +363,30 @@ class Take:
         if self.control_window is not None:
             start = time.perf_counter()
             extra["control"] = self.control_window(first, self.window)
-            stats.control_s += time.perf_counter() - start
-        velocity = model._model(self.prompt, extra, stats)
+            self.stats.control_s += time.perf_counter() - start
+        return WindowInputs(noise, extra)
+
+    def step(self) -> tuple[Chunk, torch.Tensor, Iterator[Frame]]:
+        model, stats = self.model, self.stats
+        chunk = self.chunks[self.state.next_chunk]
+        ahead, self._ahead = self._ahead, None
+        window = ahead[1] if ahead is not None and ahead[0] == chunk.index else self.inputs(chunk)
+        velocity = model._model(self.prompt, window.extra, stats)
         if self.negative is not None:
-            velocity = guided(velocity, model._model(self.negative, extra, stats), float(self.recipe.guidance or 1.0))
+            velocity = guided(velocity, model._model(self.negative, window.extra, stats),
+                              float(self.recipe.guidance or 1.0))
         previous = self.state.context
         context = None if chunk.context == 0 or previous is None else previous[:, :, -chunk.context:]
-        clean = sample_window(velocity, noise, self.sigmas, context=context, tokens_per_frame=model.tokens_per_frame)
+        clean = sample_window(velocity, window.noise, self.sigmas, context=context,
+                              tokens_per_frame=model.tokens_per_frame)
         self.state = TakeState(next_chunk=self.state.next_chunk + 1,
                                context=clean if context is None else torch.cat([context, clean], dim=2))
+        if model.asynchronous and not self.done:
+            # The device is still denoising this window (its frames are read only as they are decoded), so
+            # the host builds the next window's inputs now, and that window starts the moment it is asked for.
+            # Not on a CPU, where the work would only delay this window's frames.
+            upcoming = self.chunks[self.state.next_chunk]
+            self._ahead = (upcoming.index, self.inputs(upcoming))
         kept = clean[:, :, : chunk.keep]
         return chunk, kept, self._frames(chunk, kept)
 

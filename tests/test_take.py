@@ -177,3 +177,24 @@ def test_a_take_resumes_from_its_saved_state_with_the_same_frames(torch_model):
         rest += [f.image for f in frames]
     assert len(again.chunks) > 2
     assert np.array_equal(np.stack(done + rest), whole)
+
+
+def test_building_the_next_window_early_changes_no_frame(torch_model, monkeypatch):
+    """On an asynchronous device (CUDA) a take builds window k+1's inputs while window k is denoised:
+    the inputs are a function of the recipe and the chunk alone, so the frames are the same."""
+    from previz.take import Take
+
+    recipe = Recipe(prompt="a crane shot over rooftops", seed=5, seconds=1.0, camera={"preset": "orbit_left"})
+    in_order = frames_of(torch_model, recipe)
+    built: list[int] = []
+    inputs = Take.inputs
+    monkeypatch.setattr(Take, "inputs", lambda self, chunk: built.append(chunk.index) or inputs(self, chunk))
+    monkeypatch.setattr(torch_model, "asynchronous", True)
+    take = Take(torch_model, recipe)
+    take.step()
+    assert built == [0, 1]  # the second window's inputs exist before the first window's frames are read
+    built.clear()
+    early = frames_of(torch_model, recipe)
+    assert np.array_equal(early, in_order)
+    chunks = len(Take(torch_model, recipe).chunks)
+    assert chunks > 2 and built == list(range(chunks))  # each window's inputs built once, in order
