@@ -24,8 +24,15 @@ from engines.graphs import Graph
 from engines.precision import cast_module, resolve_precision, torch_dtype
 
 # torch.compile modes: "default", or "reduce-overhead" for CUDA graphs (one launch per call,
-# worth it where kernel launches dominate: small windows on a fast GPU).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+# worth it where kernel launches dominate: small windows on a fast GPU), or the "max-autotune" ones,
+# which time several kernels for each matmul and keep the fastest (a much longer first compile).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Which kernel computes attention, by the names diffusers' attention dispatcher gives them.  "sdpa" is
+# torch's own choice (flash attention for bf16 on CUDA); the others pin one of torch's fused kernels
+# (cuDNN's is the candidate on Hopper).  Graphs without a diffusers attention module ignore the option.
+ATTENTION_KERNELS = {"sdpa": "native", "cudnn": "_native_cudnn", "flash": "_native_flash",
+                     "efficient": "_native_efficient", "math": "_native_math"}
+CUDA_ONLY_KERNELS = ("cudnn", "flash", "efficient")
 
 
 def unavailable_reason() -> str | None:
@@ -34,7 +41,8 @@ def unavailable_reason() -> str | None:
 
 class TorchEngine:
     def __init__(self, graph: Graph, *, device: str = "cpu", precision: str | None = None,
-                 compile: bool | None = None, compile_mode: str = "default", cache_dir: Path | None = None) -> None:
+                 compile: bool | None = None, compile_mode: str = "default", cache_dir: Path | None = None,
+                 attention: str = "sdpa") -> None:
         self.graph = graph
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -45,16 +53,25 @@ class TorchEngine:
         if compile_mode not in COMPILE_MODES:
             raise BackendUnavailableError(f"compile mode {compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}",
                                           field="compile", value=compile_mode)
+        if attention not in ATTENTION_KERNELS:
+            raise BackendUnavailableError(f"attention {attention!r}: choose one of {', '.join(ATTENTION_KERNELS)}",
+                                          field="attention", value=attention)
+        if attention in CUDA_ONLY_KERNELS and self.device.type != "cuda":
+            raise BackendUnavailableError(f"attention {attention!r} runs on a CUDA GPU only; this engine runs on "
+                                          f"{self.device}", field="attention", value=attention)
         self.compiled = self.device.type == "cuda" if compile is None else compile
         self.compile_mode = compile_mode
         # The engine owns graph.module from here: moved and cast in place, no second copy of the weights.
         module = cast_module(graph.module, self.dtype).to(self.device).eval()
+        has_attention = set_attention(module, ATTENTION_KERNELS[attention])
         if self.compiled and cache_dir is not None:
             inductor_cache(cache_dir)  # before torch.compile, which fixes inductor's cache directory
         self._fn: Any = torch.compile(module, mode=compile_mode) if self.compiled else module
         details: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
         if self.compiled:
             details["compile_mode"] = compile_mode
+        if has_attention:
+            details["attention"] = attention
         self.info = EngineInfo(
             backend="torch",
             graph=graph.name,
@@ -100,6 +117,26 @@ class TorchEngine:
         self._fn = None
 
 
+def set_attention(module: torch.nn.Module, kernel: str) -> bool:
+    """Route every diffusers attention inside ``module`` to ``kernel``; whether it has any.
+
+    Through diffusers' own ``set_attention_backend``, so the choice is part of the traced graph (a
+    compiled engine bakes it in) rather than a global flag read at run time.  Duck-typed: engines do
+    not import diffusers.  ``native`` is diffusers' default, so it is left as built (and diffusers'
+    warning that the setter is experimental is not printed for it).
+    """
+    models = [m for m in module.modules() if callable(getattr(m, "set_attention_backend", None)) and _routable(m)]
+    if kernel != "native":
+        for model in models:  # each diffusers model routes its own submodules
+            model.set_attention_backend(kernel)  # type: ignore[operator]
+    return bool(models)
+
+
+def _routable(model: torch.nn.Module) -> bool:
+    """Whether a diffusers model has attention that goes through the dispatcher (an autoencoder has none)."""
+    return any(hasattr(getattr(m, "processor", None), "_attention_backend") for m in model.modules())
+
+
 def inductor_cache(cache_dir: Path) -> None:
     """Inductor's and Triton's on-disk caches under ours, unless the user has put them elsewhere."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / "inductor"))
@@ -110,7 +147,8 @@ def create(graph: Graph, cache_dir: Path, **options: Any) -> TorchEngine:
     compile_ = options.get("compile")
     return TorchEngine(graph, device=str(options.get("device") or _default_device()),
                        precision=options.get("precision"), compile=None if compile_ is None else bool(compile_),
-                       compile_mode=str(options.get("compile_mode") or "default"), cache_dir=cache_dir)
+                       compile_mode=str(options.get("compile_mode") or "default"), cache_dir=cache_dir,
+                       attention=str(options.get("attention") or "sdpa"))
 
 
 def _default_device() -> str:

@@ -286,6 +286,10 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the torch engines (auto: on with a CUDA GPU, off on CPU; cuda-graphs: "
                              "also capture CUDA graphs). The first compile takes minutes; later starts reuse "
                              "the cache in $PREVIZ_HOME/cache/inductor")
+    parser.add_argument("--attention", choices=["auto", "sdpa", "cudnn", "flash", "efficient", "math"],
+                        default="auto",
+                        help="the attention kernel of the torch engines (auto: sdpa, torch's own choice; "
+                             "cudnn, flash and efficient pin one of its fused CUDA kernels)")
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -297,6 +301,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         options["compile"] = args.compile != "off"
         if args.compile == "cuda-graphs":
             options["compile_mode"] = "reduce-overhead"
+    if args.attention != "auto":
+        options["attention"] = args.attention
     return options
 
 

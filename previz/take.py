@@ -146,7 +146,7 @@ class DraftModel:
         return {
             name: {"backend": e.info.backend, "device": e.info.device, "precision": e.info.precision,
                    "providers": list(e.info.providers),
-                   **{k: e.info.details[k] for k in ("compile_mode", "compile_s") if k in e.info.details}}
+                   **{k: e.info.details[k] for k in ("compile_mode", "compile_s", "attention") if k in e.info.details}}
             for name, e in (("denoiser", self.denoiser), ("decoder", self.frame_decoder))
         }
 

@@ -95,6 +95,14 @@ def test_usage_errors_are_one_line(capsys):
     assert exit_.value.code == 2 and len(err) == 1 and "'abc'" in err[0]
 
 
+def test_a_cuda_only_attention_kernel_on_a_cpu_is_a_one_line_error(test_pack, tmp_path, capsys):
+    code = main(["draft", "a cube", "--pack", "previz-test", "--backend", "torch", "--attention", "cudnn",
+                 "--no-store", "-o", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("previz: error: ") and "CUDA GPU only" in err[-1]
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_written_takes_are_ordinary_files(test_pack, tmp_path):
     import os
     import stat

@@ -112,6 +112,34 @@ def test_compile_keeps_inductor_s_cache_under_the_engine_cache(test_pack, cache_
         create_engine("torch", graph, cache_dir, device="cpu", compile=True, compile_mode="fastest")
 
 
+def test_the_attention_kernel_is_chosen_per_engine_and_checked(test_pack, cache_dir):
+    """``attention`` routes the denoiser's diffusers attention through one kernel; the math kernel is the
+    same attention (to float rounding), the decoder has none to route, and CUDA-only kernels are refused
+    on a CPU with the field named."""
+    from previz.draft_graphs import build_decoder_graph, build_denoiser_graph
+
+    def denoiser(attention: str):
+        graph, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
+        return graph, create_engine("torch", graph, cache_dir, device="cpu", attention=attention)
+
+    graph, sdpa = denoiser("sdpa")
+    _, math = denoiser("math")
+    assert sdpa.info.details["attention"] == "sdpa" and math.info.details["attention"] == "math"
+    processors = {type(m.processor).__name__: m.processor._attention_backend
+                  for m in math.graph.module.modules() if hasattr(getattr(m, "processor", None), "_attention_backend")}
+    assert processors and set(processors.values()) == {"_native_math"}
+    inputs = graph.example_inputs(seed=3)
+    ref, out = sdpa.run(inputs)[graph.output], math.run(inputs)[graph.output]
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    decoder = create_engine("torch", build_decoder_graph(test_pack, 64, 32), cache_dir, device="cpu",
+                            attention="math")
+    assert "attention" not in decoder.info.details
+    for bad, message in (("cudnn", "CUDA GPU only"), ("fastest", "choose one of")):
+        with pytest.raises(BackendUnavailableError, match=message) as err:
+            denoiser(bad)
+        assert err.value.field == "attention"
+
+
 def test_a_take_never_recompiles_what_the_warm_up_compiled(test_pack, cache_dir, text_encoder, monkeypatch):
     """Dynamo guards on strides and inference-ness: the take's inputs must match the warm-up's.
 
@@ -251,3 +279,15 @@ def test_compiled_equals_eager_on_cuda(test_pack, cache_dir, text_encoder):
     a = np.stack([f.image for f in eager.generate(recipe)]).astype(int)
     b = np.stack([f.image for f in compiled.generate(recipe)]).astype(int)
     assert a.shape == b.shape and np.abs(a - b).mean() <= 1.0  # fused bf16 kernels round differently
+
+
+@pytest.mark.gpu
+def test_cudnn_attention_matches_torch_s_own_choice_on_cuda(test_pack, cache_dir, text_encoder):
+    from previz.take import DraftModel
+
+    models = {attention: DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda",
+                                    compile=False, attention=attention) for attention in ("sdpa", "cudnn")}
+    recipe = Recipe(prompt="a lighthouse at dusk", seed=5, seconds=0.5, camera={"preset": "orbit_left"})
+    a, b = (np.stack([f.image for f in m.generate(recipe)]).astype(int) for m in models.values())
+    assert models["cudnn"].engine_info()["denoiser"]["attention"] == "cudnn"
+    assert a.shape == b.shape and np.abs(a - b).mean() <= 1.0  # two bf16 kernels round differently

@@ -14,11 +14,13 @@ channels), at 832x480, 30 fps, 4 steps, windows of 4 latent frames with 1 of
 context.  Text is the pack's MiniLM encoder at 512 tokens (UMT5's length); the
 prompt repeats, so its cache answers after the first take, as in live use.
 
-For each variant: fps and realtime factor (fps / 30) over whole takes, time to
-first frame, the denoise/decode split (each engine call synchronised, so the
-split is honest on an asynchronous device), the compile time (the warm-up run of
-a compiled engine), and the achieved TFLOP/s of the denoiser against a measured
-matmul peak at the same dtype.  Prints markdown for BENCHMARKS.md.
+For each variant: fps and realtime factor (fps / 30) over whole takes and the
+time to first frame, measured as a server runs a take (nothing waits for the
+device that a server would not); then, from one more take with every engine
+call synchronised (so each stage's time is its own on an asynchronous device),
+the denoise/decode/rest split and the achieved TFLOP/s of the denoiser against
+a measured matmul peak at the same dtype; and the compile time (the warm-up run
+of a compiled engine).  Prints markdown for BENCHMARKS.md.
 
     python tools/bench_gpu.py                       # CUDA, both students, fp32 / bf16 / bf16 compiled
     python tools/bench_gpu.py --students wan21-1.3b --variants bf16,bf16-compiled,bf16-cudagraphs
@@ -75,6 +77,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16": {"precision": "bf16", "compile": False},
     "bf16-compiled": {"precision": "bf16", "compile": True},
     "bf16-cudagraphs": {"precision": "bf16", "compile": True, "compile_mode": "reduce-overhead"},
+    "bf16-cudnn": {"precision": "bf16", "compile": True, "attention": "cudnn"},
+    "bf16-autotune": {"precision": "bf16", "compile": True, "compile_mode": "max-autotune-no-cudagraphs"},
+    "bf16-autotune-cudnn": {"precision": "bf16", "compile": True, "compile_mode": "max-autotune-no-cudagraphs",
+                            "attention": "cudnn"},
     "fp16": {"precision": "fp16", "compile": False},
 }
 
@@ -172,31 +178,36 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     sync(device)
     warmup_s = time.perf_counter() - start
     info = model.engine_info()
-    model.denoiser = Synced(model.denoiser)
-    if isinstance(model.frame_decoder, EngineFrameDecoder):
-        model.frame_decoder.engine = Synced(model.frame_decoder.engine)
-    rows = []
-    for i in range(repeats + 1):
+
+    def take(seed: int) -> tuple[float, TakeStats]:
+        """(wall seconds, stats) of one whole take."""
         stats = TakeStats()
-        recipe = Recipe(prompt="a lighthouse on a cliff at dusk", seed=i, seconds=seconds,
+        recipe = Recipe(prompt="a lighthouse on a cliff at dusk", seed=seed, seconds=seconds,
                         camera={"preset": "orbit_left"})
         sync(device)
         start = time.perf_counter()
-        n = sum(1 for _ in model.generate(recipe, stats=stats))
-        elapsed = time.perf_counter() - start
-        if i:  # the first take warms the allocator and the text cache
-            rows.append((n / elapsed, stats.first_frame_s or 0.0, stats.denoise_s, stats.decode_s, elapsed,
-                         stats.denoiser_calls))
+        for _ in model.generate(recipe, stats=stats):
+            pass
+        return time.perf_counter() - start, stats
+
+    # fps and first frame as a server runs a take: the device queue is never drained on purpose. The first
+    # take warms the allocator and the text cache.
+    takes = [take(i) for i in range(repeats + 1)][1:]
+    # The split from one more take with every engine call synchronised, so each stage's time is its own
+    # on an asynchronous device (those syncs cost a little fps, so this take's wall is reported beside it).
+    model.denoiser = Synced(model.denoiser)
+    if isinstance(model.frame_decoder, EngineFrameDecoder):
+        model.frame_decoder.engine = Synced(model.frame_decoder.engine)
+    wall, split = take(repeats + 1)
+    denoise, decode, calls = split.denoise_s, split.decode_s, split.denoiser_calls
     den_flop = graph_flop(model.denoiser_graph, device, torch_dtype(info["denoiser"]["precision"]))
-    fps = statistics.median(r[0] for r in rows)
-    # The split comes from one take (the median one), so its parts add up to its wall time.
-    _, _, denoise, decode, wall, calls = sorted(rows)[len(rows) // 2]
+    fps = statistics.median(stats.frames / elapsed for elapsed, stats in takes)
     result = {
         "variant": variant,
         "precision": info["denoiser"]["precision"],
         "fps": fps,
         "rtf": fps / FPS,
-        "ttff_ms": 1000 * statistics.median(r[1] for r in rows),
+        "ttff_ms": 1000 * statistics.median(stats.first_frame_s or 0.0 for _, stats in takes),
         "wall_s": wall,
         "denoise_s": denoise,
         "decode_s": decode,
@@ -210,7 +221,6 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
     model.close()
-    del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -271,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                     params = r["params_b"]
                     size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
                     print(f"\n## {name}: {size}-parameter denoiser\n")
-                    print("| variant | fps | realtime | time to first frame | denoise / decode / rest of the loop (s) "
+                    print("| variant | fps | realtime | time to first frame | synced take: denoise / decode / rest (s) "
                           f"| denoiser call | denoiser {unit} (of peak) | compile | peak memory |")
                     print("|---|---|---|---|---|---|---|---|---|")
                 peak = peaks[{"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[r["precision"]]]
