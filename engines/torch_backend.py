@@ -21,7 +21,7 @@ import torch
 from engines.base import EngineInfo, warmup_with_examples
 from engines.errors import BackendUnavailableError, DeviceOutOfMemoryError
 from engines.graphs import Graph
-from engines.precision import cast_module, resolve_precision, torch_dtype
+from engines.precision import cast_module, quantize_fp8, resolve_precision, torch_dtype
 
 # torch.compile modes: "default", or "reduce-overhead" for CUDA graphs (one launch per call,
 # worth it where kernel launches dominate: small windows on a fast GPU), or the "max-autotune" ones,
@@ -63,6 +63,7 @@ class TorchEngine:
         self.compile_mode = compile_mode
         # The engine owns graph.module from here: moved and cast in place, no second copy of the weights.
         module = cast_module(graph.module, self.dtype).to(self.device).eval()
+        fp8_layers = quantize_fp8(module, self.device) if self.precision == "fp8" else None
         has_attention = set_attention(module, ATTENTION_KERNELS[attention])
         if self.compiled and cache_dir is not None:
             inductor_cache(cache_dir)  # before torch.compile, which fixes inductor's cache directory
@@ -72,6 +73,8 @@ class TorchEngine:
             details["compile_mode"] = compile_mode
         if has_attention:
             details["attention"] = attention
+        if fp8_layers is not None:
+            details["fp8_layers"] = fp8_layers
         self.info = EngineInfo(
             backend="torch",
             graph=graph.name,

@@ -279,8 +279,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                        help="compute precision of the engines (auto: bf16 on a CUDA GPU, fp32 on CPU; "
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "fp8"], default="auto",
+                        help="compute precision of the engines (auto: bf16 on a CUDA GPU, fp32 on CPU; fp8: the "
+                             "torch engines' large matmuls in float8, on a CUDA GPU of compute capability 8.9+, "
+                             "with previz[fp8]; "
                              "tensorrt takes fp16 or fp32; onnxruntime runs fp32)")
     parser.add_argument("--compile", choices=["auto", "on", "off", "cuda-graphs"], default="auto",
                         help="torch.compile the torch engines (auto: on with a CUDA GPU, off on CPU; cuda-graphs: "

@@ -5,6 +5,8 @@ The ``gpu``-marked tests run the same checks on CUDA (they skip without one).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -110,6 +112,36 @@ def test_compile_keeps_inductor_s_cache_under_the_engine_cache(test_pack, cache_
     assert eager.info.providers == ("eager",)  # off by default on CPU
     with pytest.raises(BackendUnavailableError, match="compile mode"):
         create_engine("torch", graph, cache_dir, device="cpu", compile=True, compile_mode="fastest")
+
+
+def test_fp8_is_refused_where_it_cannot_run_with_the_reason(test_pack, cache_dir, monkeypatch):
+    """fp8 needs fp8 tensor cores (CUDA, compute capability 8.9+) and torchao: each absence is a typed error
+    naming the precision, before any weights move."""
+    import builtins
+
+    import engines.precision
+    from previz.draft_graphs import build_denoiser_graph
+
+    def denoiser():
+        graph, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
+        return create_engine("torch", graph, cache_dir, device="cpu", precision="fp8")
+
+    with pytest.raises(BackendUnavailableError, match="compute capability 8.9") as err:
+        denoiser()
+    assert err.value.field == "precision" and "use bf16" in err.value.message
+    # On a capable GPU without torchao: the install hint.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    real_import = builtins.__import__
+
+    def no_torchao(name, *args, **kwargs):
+        if name.startswith("torchao"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchao)
+    with pytest.raises(BackendUnavailableError, match=r"needs torchao: pip install 'previz\[fp8\]'"):
+        engines.precision.quantize_fp8(torch.nn.Linear(16, 16), torch.device("cuda"))
+    assert engines.precision.torch_dtype("fp8") == torch.bfloat16  # what fp8 leaves unquantized runs at
 
 
 def test_the_attention_kernel_is_chosen_per_engine_and_checked(test_pack, cache_dir):
@@ -291,3 +323,23 @@ def test_cudnn_attention_matches_torch_s_own_choice_on_cuda(test_pack, cache_dir
     a, b = (np.stack([f.image for f in m.generate(recipe)]).astype(int) for m in models.values())
     assert models["cudnn"].engine_info()["denoiser"]["attention"] == "cudnn"
     assert a.shape == b.shape and np.abs(a - b).mean() <= 1.0  # two bf16 kernels round differently
+
+
+@pytest.mark.gpu
+def test_fp8_quantizes_the_large_linears_and_stays_close_to_bf16(cache_dir):
+    """A Wan-shaped block at a width fp8 takes (the tiny test pack's layers are below its threshold)."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs compute capability 8.9+")
+    pytest.importorskip("torchao")
+    from engines.graphs import Graph
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.GELU(approximate="tanh"),
+                                torch.nn.Linear(1024, 512))
+    x = torch.randn(1, 256, 512)
+    engines_ = {p: create_engine("torch", Graph(name="mlp", module=copy.deepcopy(block), inputs={"x": (1, 256, 512)},
+                                                output="y", source_sha256=p),
+                                 cache_dir, device="cuda", precision=p, compile=False) for p in ("bf16", "fp8")}
+    ref, out = (engines_[p].run({"x": x.cuda()})["y"].float() for p in ("bf16", "fp8"))
+    assert engines_["fp8"].info.details["fp8_layers"] == 2
+    assert float((out - ref).norm() / ref.norm()) < 0.1  # e4m3 keeps 3 mantissa bits: a few percent

