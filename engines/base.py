@@ -65,6 +65,21 @@ def warmup_with_examples(engine: Engine, graph: Graph) -> None:
     engine.run(graph.example_inputs(device=engine.device))
 
 
+def upload(host: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on ``device``, without making the host wait for the device's queue.
+
+    To a CUDA device the copy goes through pinned memory: copied from pageable
+    memory, a few megabytes are staged in pieces as the device reaches them, so
+    the host would wait for the work queued before the copy.  torch's pinned
+    allocator keeps the buffer until the copy is done.
+    """
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
 def release_device_memory() -> None:
     """Hand cached, unused device memory back (after an out-of-memory error), where torch holds any."""
     import sys

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engines.base import upload
+
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NUM_TRAIN_TIMESTEPS = 1000.0
 
@@ -166,5 +168,4 @@ def chunk_noise(seed: int, chunk: int, shape: tuple[int, ...], device: str | tor
     CPU's) and moved to ``device`` once per chunk.
     """
     rng = np.random.Generator(np.random.PCG64([seed, chunk]))
-    # non_blocking: the copy is staged at once and the host does not wait for the device's queue to drain.
-    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(device, non_blocking=True)
+    return upload(torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)), device)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from engines import Engine, create_engine
+from engines.base import upload
 from previz.blockout import control as blockout_control
 from previz.blockout import control_latent, poses_to_tensors, single_threaded
 from previz.camera import camera_path, plucker_latent
@@ -183,7 +184,7 @@ class DraftModel:
                 latents=range(first, first + count),
             )
             # Contiguous once here, not at every denoiser call that reads it.
-            return torch.from_numpy(maps).permute(1, 0, 2, 3)[None].contiguous().to(self.device, non_blocking=True)
+            return upload(torch.from_numpy(maps).permute(1, 0, 2, 3)[None].contiguous(), self.device)
 
         return window
 
@@ -217,7 +218,7 @@ class DraftModel:
                 for i in [i for i in rendered if i < first]:
                     del rendered[i]  # a take moves forward: earlier frames are never asked for again
             maps = torch.stack([rendered[i] for i in wanted])
-            return maps.permute(1, 0, 2, 3)[None].contiguous().to(self.device, non_blocking=True)
+            return upload(maps.permute(1, 0, 2, 3)[None].contiguous(), self.device)
 
         return window
 
