@@ -343,3 +343,22 @@ def test_fp8_quantizes_the_large_linears_and_stays_close_to_bf16(cache_dir):
     ref, out = (engines_[p].run({"x": x.cuda()})["y"].float() for p in ("bf16", "fp8"))
     assert engines_["fp8"].info.details["fp8_layers"] == 2
     assert float((out - ref).norm() / ref.norm()) < 0.1  # e4m3 keeps 3 mantissa bits: a few percent
+
+
+@pytest.mark.gpu
+def test_a_window_is_queued_without_the_host_waiting_for_the_device(test_pack, cache_dir, text_encoder):
+    """``Take.step`` only queues work on CUDA (the denoiser's steps, and the next window's inputs built
+    meanwhile); the host first waits when it reads a frame. torch's sync debug mode raises on any wait."""
+    from previz.take import DraftModel, Take
+
+    model = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda", compile=False)
+    model.warmup()
+    take = Take(model, Recipe(prompt="a lighthouse at dusk", seed=5, seconds=1.0, camera={"preset": "orbit_left"}))
+    for _ in range(2):  # the first window (no context) and one with context
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            _, _, frames = take.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert len(list(frames)) > 0
