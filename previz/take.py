@@ -40,7 +40,7 @@ from previz.packs import Pack, previz_home
 from previz.recipe import Recipe, frame_count, resolve
 from previz.sampler import Chunk, chunk_noise, flow_sigmas, guided, plan_chunks, sample_window
 from previz.scene import parse_scene
-from previz.text import TextEncoder
+from previz.text import TextEncoder, text_shape
 
 
 def default_cache_dir() -> Path:
@@ -101,9 +101,9 @@ class DraftModel:
         self.height = height or pack.draft.height
         self.fps = pack.draft.fps
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.text = text or TextEncoder(pack)
+        text_tokens, text_dim = text_shape(pack)  # the manifest's: the encoder loads after the denoiser
         self.denoiser_graph, self.tokens_per_frame = build_denoiser_graph(
-            pack, self.width, self.height, text_tokens=self.text.tokens, text_dim=self.text.dim
+            pack, self.width, self.height, text_tokens=text_tokens, text_dim=text_dim
         )
         with engine_errors():
             self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)
@@ -111,6 +111,12 @@ class DraftModel:
         # A CUDA device runs behind the host: work is queued and the host goes on until it reads a result.
         # A take uses that to build the next window's inputs while the device denoises this one.
         self.asynchronous = self.device.type == "cuda"
+        # On the denoiser's device, at its precision, so the states never cross from the host per take; but
+        # bf16 where the engines run fp16 (UMT5 overflows in fp16; Wan runs it in bf16) or fp8 (a matmul
+        # format of the engines, not a dtype for a text encoder).
+        text_precision = {"fp16": "bf16", "fp8": "bf16"}.get(self.denoiser.info.precision,
+                                                             self.denoiser.info.precision)
+        self.text = text or TextEncoder(pack, device=self.device, precision=text_precision)
         # The decoder seam (previz.frame_decoder): a frame-wise graph on the same backend, or, for an
         # imported Wan checkpoint, its own VAE streamed with a causal cache carried across chunks.
         self.decoder_graph = None if streams_with_vae(pack) else build_decoder_graph(pack, self.width, self.height)
@@ -149,7 +155,7 @@ class DraftModel:
                    "providers": list(e.info.providers),
                    **{k: e.info.details[k] for k in ("compile_mode", "compile_s", "attention") if k in e.info.details}}
             for name, e in (("denoiser", self.denoiser), ("decoder", self.frame_decoder))
-        }
+        } | {"text": {"device": str(self.text.device), "precision": self.text.precision}}
 
     def metadata(self, recipe: Recipe) -> dict[str, Any]:
         """What a written take records: the recipe plus the pack and engines behind it."""
@@ -425,6 +431,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
-def _states(states: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Text states (cached, read-only numpy) as a tensor on ``device``; a copy, never a view of the cache."""
-    return torch.tensor(states, dtype=torch.float32, device=device)
+def _states(states: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Text states (the encoder's cached tensor) on ``device``: the tensor itself where it already is,
+    so a cached prompt costs no copy.  Shared with the cache: the take only ever reads it."""
+    return states.to(device, torch.float32)

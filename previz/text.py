@@ -1,12 +1,15 @@
 """Prompt text to the token states a denoiser cross-attends to, with an LRU cache.
 
 The encoder is whatever the pack names (MiniLM for the embedded pack, UMT5 for
-real Wan packs), loaded through transformers.  Embeddings are padded to the
-pack's fixed token count with zeros past the prompt's end, as WanPipeline does,
-so every engine sees one static shape.
+real Wan packs), loaded through transformers on the denoiser's device at its
+precision: a real Wan checkpoint's UMT5-XXL has 5.7B parameters, 22 GB in fp32
+and seconds per prompt on a CPU, where WanPipeline runs it in bf16 on the GPU.
+Embeddings are padded to the pack's fixed token count with zeros past the
+prompt's end, as WanPipeline does, so every engine sees one static shape.
 
 Camera-only and seed-only changes are the common case while iterating, so the
-cache keeps recent prompts: such a change never runs the text encoder again.
+cache keeps recent prompts as device tensors: such a change neither runs the
+text encoder again nor copies its states to the device again.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-import numpy as np
 import torch
 
+from engines.errors import BackendUnavailableError
+from engines.precision import resolve_precision, torch_dtype
 from previz.errors import PackError
 from previz.packs import Pack, load_component, load_tokenizer
 
@@ -30,21 +34,41 @@ def text_shape(pack: Pack) -> tuple[int, int]:
 
 
 class TextEncoder:
-    def __init__(self, pack: Pack, *, cache_size: int = 64) -> None:
+    """Prompt -> ``[1, tokens, dim]`` float32 states on ``device``, cached by prompt.
+
+    ``precision`` (fp32 | bf16 | fp16; None: bf16 on CUDA, fp32 elsewhere) is
+    resolved as the engines resolve theirs.  The states returned are the
+    cache's own tensors, handed to every take with that prompt: callers must
+    not write into them.  They are made under inference mode, so an in-place
+    write outside it raises; inside it (an engine's ``run``) nothing stops one,
+    and the tests check that the take path makes none.
+    """
+
+    def __init__(self, pack: Pack, *, cache_size: int = 64, device: str | torch.device = "cpu",
+                 precision: str | None = None) -> None:
         self.tokens, self.dim = text_shape(pack)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError(f"device {str(device)!r}: this torch has no CUDA GPU to run on",
+                                          field="device", value=str(device))
+        self.precision = resolve_precision(precision, self.device.type)
         self.tokenizer = load_tokenizer(pack)
-        self.model = load_component(pack, "text_encoder")
+        # torch_dtype at load, not .to(dtype) after it: the fp32 copy (22 GB for UMT5-XXL) never exists, and
+        # the modules transformers keeps in fp32 (T5's ``wo`` at fp16) stay fp32.  A one-device device_map puts
+        # each weight straight on the device as it is read, with no dispatch hooks.
+        self.model = load_component(pack, "text_encoder", torch_dtype=torch_dtype(self.precision),
+                                    device_map={"": self.device})
         config = self.model.config
         hidden = int(getattr(config, "hidden_size", None) or config.d_model)  # BERT names it one way, T5 another
         if hidden != self.dim:
             raise PackError(f"pack {pack.id!r}: text encoder width {hidden} != conditioning.text.dim {self.dim}")
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         self.encode_calls = 0  # how often the model actually ran (cache misses)
 
-    def __call__(self, prompt: str) -> np.ndarray:
-        """[1, tokens, dim] float32 states for one prompt."""
+    def __call__(self, prompt: str) -> torch.Tensor:
+        """[1, tokens, dim] float32 states for one prompt, on ``self.device``: read them, never write them."""
         with self._lock:
             hit = self._cache.get(prompt)
             if hit is not None:
@@ -58,7 +82,7 @@ class TextEncoder:
         return states
 
     @torch.inference_mode()
-    def _encode(self, prompt: str) -> np.ndarray:
+    def _encode(self, prompt: str) -> torch.Tensor:
         self.encode_calls += 1
         batch = self.tokenizer(
             [prompt],
@@ -66,12 +90,9 @@ class TextEncoder:
             max_length=self.tokens,
             truncation=True,
             return_tensors="pt",
-        )
+        ).to(self.device)
         mask = batch["attention_mask"]
         out = self.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
         # Zero the padding positions: the denoiser must not read the encoder's
         # states for pad tokens (WanPipeline does the same).
-        out = out * mask.unsqueeze(-1).to(out.dtype)
-        states = out.float().numpy()
-        states.flags.writeable = False  # shared by the cache: nobody may edit it
-        return states
+        return (out.float() * mask.unsqueeze(-1)).contiguous()

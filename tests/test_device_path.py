@@ -258,7 +258,7 @@ def test_out_of_memory_mid_take_is_a_typed_error_to_that_client_and_the_others_s
     try:
         model = server.server.model
         steps = test_pack.draft.steps
-        model.denoiser = OutOfMemoryFor(model.denoiser, torch.from_numpy(np.array(model.text("too big"))),
+        model.denoiser = OutOfMemoryFor(model.denoiser, model.text("too big").cpu(),
                                         after_calls=steps)  # the first window streams; the second fails
         victim, other = open_client(server), open_client(server)
         other.send(type="generate", recipe={"prompt": "a calm sea", "seconds": 2.0, "seed": 1})

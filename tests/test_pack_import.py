@@ -67,6 +67,32 @@ def test_import_reads_the_layout_text_and_shift_from_the_configs_and_copies_no_w
     assert [p.name for p in pack_dir.iterdir()] == [MANIFEST_NAME]  # the weights stay where they are
 
 
+def test_umt5_is_loaded_at_the_asked_precision_and_its_bf16_states_match_fp32(wan21):
+    """torch_dtype at load (no fp32 copy, transformers' own fp32 modules kept), and states as device tensors."""
+    from test_text import assert_close_to_fp32
+
+    from previz.text import TextEncoder
+
+    fp32, bf16, fp16 = (TextEncoder(wan21, precision=p) for p in ("fp32", "bf16", "fp16"))
+    kept_at = {torch.bfloat16: set(getattr(bf16.model, "_keep_in_fp32_modules_strict", None) or ()),
+               torch.float16: set(fp16.model._keep_in_fp32_modules or ()) | set(
+                   getattr(fp16.model, "_keep_in_fp32_modules_strict", None) or ())}
+    assert kept_at[torch.float16] >= {"wo"}  # T5's feed-forward output overflows fp16
+    for encoder, dtype in ((bf16, torch.bfloat16), (fp16, torch.float16)):
+        assert encoder.model.config.dtype == dtype
+        for name, param in encoder.model.named_parameters():
+            kept = bool(kept_at[dtype] & set(name.split(".")))
+            assert param.dtype == (torch.float32 if kept else dtype), name  # .to(fp16) would have cast wo too
+    for prompt in ("a red cube on sandy plain", "blue sky over the sea at dusk camera orbits slowly", ""):
+        states = bf16(prompt)
+        assert states.shape == (1, 16, 32) and states.dtype == torch.float32 and states.device == bf16.device
+        n_tokens = len(bf16.tokenizer(prompt)["input_ids"])
+        assert torch.all(states[0, n_tokens:] == 0) and states[0, :n_tokens].abs().sum(-1).min() > 0
+        assert_close_to_fp32(states, fp32(prompt))
+        calls = bf16.encode_calls
+        assert bf16(prompt) is states and bf16.encode_calls == calls
+
+
 def test_wan_transformers_take_per_token_timesteps(wan21):
     """The windowed sampler gives clean context tokens t=0: diffusers 0.42's Wan forward takes [B, seq]."""
     from previz.packs import load_component

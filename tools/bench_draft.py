@@ -31,7 +31,6 @@ import time
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from machine import cpu_model
 from torch.utils.flop_counter import FlopCounterMode
@@ -144,7 +143,7 @@ def bench_stock(pack: Any, model: Any, frames: int) -> tuple[float, float]:
         transformer=without_conditioning_channels(load_component(pack, "denoiser"), pack.latent.channels),
     )
     pipe.set_progress_bar_config(disable=True)
-    embeds = torch.from_numpy(np.array(model.text("a red cube on a sandy plain")))
+    embeds = model.text("a red cube on a sandy plain")
     kwargs = dict(prompt_embeds=embeds, height=draft.height, width=draft.width, num_frames=frames,
                   num_inference_steps=draft.steps, guidance_scale=1.0,
                   generator=torch.Generator().manual_seed(0))

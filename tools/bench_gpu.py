@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print("- matmul peak (measured): " + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in peaks.items()))
         for name in students:
             pack = build_pack(table[name], packs, width, height, *((16, 8) if args.small else (512, 64)))
-            text = TextEncoder(pack)
+            text = TextEncoder(pack, device=device)  # bf16 on CUDA, shared by every variant (its cache too)
             unit, scale = ("GFLOP/s", 1e3) if args.small else ("TFLOP/s", 1.0)
             for i, variant in enumerate(variants):
                 # Each row prints as soon as it is measured, so a run cut short keeps what it finished.

@@ -101,7 +101,7 @@ def tiny_config() -> Config:
 
 
 class Captions:
-    """Caption -> MiniLM states [tokens, 384], exactly as previz.text.TextEncoder makes them, batched."""
+    """Caption -> MiniLM states [tokens, 384], exactly as previz.text.TextEncoder makes them at fp32, batched."""
 
     def __init__(self, directory: Path, tokens: int, device: torch.device) -> None:
         from transformers import AutoTokenizer, BertModel

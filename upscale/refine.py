@@ -175,7 +175,7 @@ class FinalModel:
                             value=pack.id)
         self.pack = pack
         self.device = torch.device(device)
-        self.text = text or TextEncoder(pack)
+        self.text = text or TextEncoder(pack, device=self.device)  # bf16 on CUDA, as WanPipeline runs UMT5
         experts_ = {name: load_component(pack, name) for name in ("transformer", "transformer_2")}
         cam = pack.conditioning.camera
         self.camera_channels = cam.channels if cam else 0
@@ -272,8 +272,8 @@ class FinalModel:
     def model(self, recipe: dict[str, Any], plan: RefinePlan) -> Model:
         """The sampler's model: experts(guided(high), guided(low), boundary) over this recipe."""
         assert self.pack.final is not None and self.pack.boundary_ratio is not None
-        prompt = torch.from_numpy(np.array(self.text(str(recipe.get("prompt", "")))))
-        negative = torch.from_numpy(np.array(self.text(str(recipe.get("negative_prompt", "")))))
+        prompt = self.text(str(recipe.get("prompt", "")))
+        negative = self.text(str(recipe.get("negative_prompt", "")))
         camera = self._camera(recipe, plan)
 
         def expert(name: str, states: torch.Tensor) -> Model:
