@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 # name -> module; each module exposes `unavailable_reason() -> str | None` and
 # `create(graph, cache_dir, **options) -> Engine`.  Options a backend does not use are ignored:
-# device (torch: "cuda" where there is one, else "cpu"), precision (torch: fp32 | bf16 | fp16;
+# device (torch: "cuda" where there is one, else "cpu"), precision (torch: fp32 | bf16 | fp16 | fp8;
 # tensorrt: fp16 | fp32), compile, compile_mode and attention (torch), threads (onnxruntime).
 BACKENDS: dict[str, str] = {
     "torch": "engines.torch_backend",
@@ -50,6 +50,9 @@ class EngineInfo:
 class Engine(Protocol):
     info: EngineInfo
     device: torch.device  # where run() wants its inputs and leaves its outputs
+    # run() returns once the work is queued on the device, before it is done (torch on CUDA, TensorRT);
+    # a caller can then do host work meanwhile.  False where run() returns with the results computed.
+    queues_work: bool
 
     def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Inputs of the graph's shapes and dtypes, ideally already on ``device`` (else they are moved)."""
@@ -63,21 +66,6 @@ class Engine(Protocol):
 def warmup_with_examples(engine: Engine, graph: Graph) -> None:
     """Shared warm-up: one run on the graph's example inputs, made on the engine's device."""
     engine.run(graph.example_inputs(device=engine.device))
-
-
-def upload(host: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """A host tensor on ``device``, without making the host wait for the device's queue.
-
-    To a CUDA device the copy goes through pinned memory: copied from pageable
-    memory, a few megabytes are staged in pieces as the device reaches them, so
-    the host would wait for the work queued before the copy.  torch's pinned
-    allocator keeps the buffer until the copy is done.
-    """
-    import torch
-
-    if torch.device(device).type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
 
 
 def release_device_memory() -> None:

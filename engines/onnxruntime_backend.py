@@ -100,6 +100,7 @@ class OrtEngine:
         providers = tuple(self.session.get_providers())
         on_gpu = providers[0] != "CPUExecutionProvider"
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
+        self.queues_work = False  # run() waits for ORT's own stream (see run)
         (meta,) = self.session.get_outputs()
         if not all(isinstance(d, int) for d in meta.shape) or meta.type not in _TORCH_TYPES:
             raise BackendUnavailableError(f"{onnx_path}: output {meta.name} is {meta.type} {meta.shape}; "

@@ -43,6 +43,25 @@ def torch_dtype(precision: str) -> torch.dtype:
     return getattr(torch, _TORCH_DTYPES[precision])  # type: ignore[no-any-return]
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """fp32, bf16 or fp16 for a torch dtype (what a module loaded at its stored dtype runs at)."""
+    names = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    return names[str(dtype).removeprefix("torch.")]
+
+
+def text_precision(engine_precision: str, device_type: str) -> str | None:
+    """The precision a text encoder runs at beside engines at ``engine_precision``.
+
+    On CUDA, bf16 unless the engines run fp32: UMT5 overflows in fp16 (Wan runs it
+    in bf16), and fp8 is a matmul format of the engines, not a text encoder's
+    dtype.  On a CPU, None: the dtype the checkpoint was stored in, because an
+    fp32 copy of a bf16 UMT5-XXL is 22 GB of host memory.
+    """
+    if device_type != "cuda":
+        return None
+    return "fp32" if engine_precision == "fp32" else "bf16"
+
+
 def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Cast ``module``'s weights to ``dtype`` in place, keeping what diffusers keeps in fp32.
 
@@ -70,14 +89,11 @@ def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module
 
 
-def quantize_fp8(module: torch.nn.Module, device: torch.device) -> int:
-    """Quantize ``module``'s large bf16 linear layers to float8 in place (torchao); how many it took.
+def check_fp8(device: torch.device) -> None:
+    """fp8 needs fp8 tensor cores (CUDA, compute capability 8.9+) and torchao: a typed error naming the
+    missing one."""
+    import importlib.util
 
-    Dynamic, per-row scales for the activations and the weights: torchao's recipe for inference with
-    no calibration data.  Layers kept in fp32 (see :func:`cast_module`) stay as they are, and so do
-    layers too small or oddly shaped for the fp8 matmul (both sides multiples of 16).  Call after the
-    module is cast to bf16 and moved to ``device``.
-    """
     import torch
 
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < FP8_CAPABILITY:
@@ -85,17 +101,33 @@ def quantize_fp8(module: torch.nn.Module, device: torch.device) -> int:
         raise BackendUnavailableError(
             f"precision 'fp8' needs an NVIDIA GPU of compute capability {'.'.join(map(str, FP8_CAPABILITY))} or "
             f"newer (Ada, Hopper, Blackwell); this engine runs on {where}: use bf16", field="precision", value="fp8")
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-    except ImportError:
+    if importlib.util.find_spec("torchao") is None:
         raise BackendUnavailableError("precision 'fp8' needs torchao: pip install 'previz[fp8]'",
-                                      field="precision", value="fp8") from None
+                                      field="precision", value="fp8")
 
-    def large(layer: torch.nn.Module, _name: str) -> bool:
+
+def quantize_fp8(module: torch.nn.Module, device: torch.device) -> int:
+    """Quantize ``module``'s large bf16 linear layers to float8 in place (torchao); how many it took.
+
+    Dynamic, per-row scales for the activations and the weights: torchao's recipe for inference with
+    no calibration data.  Left in bf16: layers kept in fp32 (see :func:`cast_module`), layers too small
+    or oddly shaped for the fp8 matmul (both sides multiples of 16), and the embedders (Wan's time
+    projection sets every block's modulation; fp8 recipes for diffusion transformers keep such layers
+    in bf16).  Call after the module is cast to bf16 and moved to ``device``.
+    """
+    import torch
+
+    check_fp8(device)
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def large(layer: torch.nn.Module, name: str) -> bool:
         return (isinstance(layer, torch.nn.Linear) and layer.weight.dtype == torch.bfloat16
                 and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
-                and min(layer.in_features, layer.out_features) >= 256)
+                and min(layer.in_features, layer.out_features) >= 256 and "embed" not in name)
 
-    count = sum(1 for layer in module.modules() if large(layer, ""))
-    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=large)
+    count = sum(1 for name, layer in module.named_modules() if large(layer, name))
+    # set_inductor_config=False: torchao would otherwise switch inductor options for the whole process,
+    # and every later compile (the decoder's, another engine's) would run with them.
+    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False),
+              filter_fn=large)
     return count

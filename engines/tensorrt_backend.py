@@ -97,6 +97,7 @@ class TensorRTEngine:
             )
         self._context = self._engine.create_execution_context()
         self.device = torch.device("cuda", torch.cuda.current_device())
+        self.queues_work = True  # execute_async_v3 on torch's stream: nothing waits for it here
         self._output_shape: tuple[int, ...] = ()
         expected = {**graph.inputs, graph.output: None}
         for i in range(self._engine.num_io_tensors):

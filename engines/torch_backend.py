@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from engines.base import EngineInfo, warmup_with_examples
+from engines.device import checked_device
 from engines.errors import BackendUnavailableError, DeviceOutOfMemoryError
 from engines.graphs import Graph
-from engines.precision import cast_module, quantize_fp8, resolve_precision, torch_dtype
+from engines.precision import cast_module, check_fp8, quantize_fp8, resolve_precision, torch_dtype
 
 # torch.compile modes: "default", or "reduce-overhead" for CUDA graphs (one launch per call,
 # worth it where kernel launches dominate: small windows on a fast GPU), or the "max-autotune" ones,
@@ -32,7 +33,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # (cuDNN's is the candidate on Hopper).  Graphs without a diffusers attention module ignore the option.
 ATTENTION_KERNELS = {"sdpa": "native", "cudnn": "_native_cudnn", "flash": "_native_flash",
                      "efficient": "_native_efficient", "math": "_native_math"}
-CUDA_ONLY_KERNELS = ("cudnn", "flash", "efficient")
+CUDA_ONLY_KERNELS = ("cudnn", "efficient")  # torch has no CPU kernel for these
+HALF_ONLY_KERNELS = ("cudnn", "flash")  # on CUDA these take bf16 or fp16, not fp32
 
 
 def unavailable_reason() -> str | None:
@@ -44,10 +46,8 @@ class TorchEngine:
                  compile: bool | None = None, compile_mode: str = "default", cache_dir: Path | None = None,
                  attention: str = "sdpa") -> None:
         self.graph = graph
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailableError(f"device {device!r}: this torch has no CUDA GPU to run on",
-                                          field="device", value=device)
+        self.device = checked_device(device)
+        self.queues_work = self.device.type == "cuda"  # CUDA kernels are queued; a CPU runs them in run()
         self.precision = resolve_precision(precision, self.device.type)
         self.dtype = torch_dtype(self.precision)
         if compile_mode not in COMPILE_MODES:
@@ -59,6 +59,12 @@ class TorchEngine:
         if attention in CUDA_ONLY_KERNELS and self.device.type != "cuda":
             raise BackendUnavailableError(f"attention {attention!r} runs on a CUDA GPU only; this engine runs on "
                                           f"{self.device}", field="attention", value=attention)
+        if attention in HALF_ONLY_KERNELS and self.device.type == "cuda" and self.dtype == torch.float32:
+            raise BackendUnavailableError(f"attention {attention!r} on CUDA takes bf16 or fp16, and this engine "
+                                          "runs fp32: use --precision bf16 or another kernel",
+                                          field="attention", value=attention)
+        if self.precision == "fp8":
+            check_fp8(self.device)  # before any weight is cast or moved
         self.compiled = self.device.type == "cuda" if compile is None else compile
         self.compile_mode = compile_mode
         # The engine owns graph.module from here: moved and cast in place, no second copy of the weights.
@@ -121,23 +127,20 @@ class TorchEngine:
 
 
 def set_attention(module: torch.nn.Module, kernel: str) -> bool:
-    """Route every diffusers attention inside ``module`` to ``kernel``; whether it has any.
+    """Route every diffusers attention processor inside ``module`` to ``kernel``; whether there is any.
 
-    Through diffusers' own ``set_attention_backend``, so the choice is part of the traced graph (a
-    compiled engine bakes it in) rather than a global flag read at run time.  Duck-typed: engines do
-    not import diffusers.  ``native`` is diffusers' default, so it is left as built (and diffusers'
-    warning that the setter is experimental is not printed for it).
+    Set on each processor, ``native`` included, rather than through diffusers'
+    ``set_attention_backend``: that setter also changes diffusers' process-wide
+    default, which every processor left unset reads at run time, so one engine's
+    choice would leak into every other model in the process (the final stage's
+    experts, the next engine a benchmark builds).  diffusers' dispatcher takes
+    the kernel's name; engines do not import diffusers.
     """
-    models = [m for m in module.modules() if callable(getattr(m, "set_attention_backend", None)) and _routable(m)]
-    if kernel != "native":
-        for model in models:  # each diffusers model routes its own submodules
-            model.set_attention_backend(kernel)  # type: ignore[operator]
-    return bool(models)
-
-
-def _routable(model: torch.nn.Module) -> bool:
-    """Whether a diffusers model has attention that goes through the dispatcher (an autoencoder has none)."""
-    return any(hasattr(getattr(m, "processor", None), "_attention_backend") for m in model.modules())
+    processors = [getattr(m, "processor", None) for m in module.modules()]
+    routable = [p for p in processors if p is not None and hasattr(p, "_attention_backend")]
+    for processor in routable:
+        processor._attention_backend = kernel
+    return bool(routable)
 
 
 def inductor_cache(cache_dir: Path) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engines.base import upload
+from engines.device import upload
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NUM_TRAIN_TIMESTEPS = 1000.0

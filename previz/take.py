@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from engines import Engine, create_engine
-from engines.base import upload
+from engines.device import upload
+from engines.precision import text_precision
 from previz.blockout import control as blockout_control
 from previz.blockout import control_latent, poses_to_tensors, single_threaded
 from previz.camera import camera_path, plucker_latent
@@ -91,8 +92,9 @@ class DraftModel:
         text: TextEncoder | None = None,
         **engine_options: Any,
     ) -> None:
-        """``engine_options`` go to both engines: ``precision`` (fp32 | bf16 | fp16; default bf16 on
-        CUDA, fp32 on CPU), ``compile`` (torch.compile; default on CUDA), ``compile_mode``, ``device``."""
+        """``engine_options`` go to both engines: ``precision`` (fp32 | bf16 | fp16 | fp8; default bf16 on
+        CUDA, fp32 on CPU), ``compile`` (torch.compile; default on CUDA), ``compile_mode``, ``attention``
+        (torch's attention kernel; see engines.torch_backend), ``device``."""
         if pack.draft is None:
             raise ValueError(f"pack {pack.id!r} is not a draft pack")
         self.pack = pack
@@ -108,15 +110,12 @@ class DraftModel:
         with engine_errors():
             self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)
         self.device = self.denoiser.device
-        # A CUDA device runs behind the host: work is queued and the host goes on until it reads a result.
-        # A take uses that to build the next window's inputs while the device denoises this one.
-        self.asynchronous = self.device.type == "cuda"
-        # On the denoiser's device, at its precision, so the states never cross from the host per take; but
-        # bf16 where the engines run fp16 (UMT5 overflows in fp16; Wan runs it in bf16) or fp8 (a matmul
-        # format of the engines, not a dtype for a text encoder).
-        text_precision = {"fp16": "bf16", "fp8": "bf16"}.get(self.denoiser.info.precision,
-                                                             self.denoiser.info.precision)
-        self.text = text or TextEncoder(pack, device=self.device, precision=text_precision)
+        # Where the denoiser runs behind the host (queued CUDA work), a take builds the next window's inputs
+        # while the device denoises this one.
+        self.asynchronous = self.denoiser.queues_work
+        # On the denoiser's device, so the states never cross from the host per take.
+        self.text = text or TextEncoder(pack, device=self.device,
+                                        precision=text_precision(self.denoiser.info.precision, self.device.type))
         # The decoder seam (previz.frame_decoder): a frame-wise graph on the same backend, or, for an
         # imported Wan checkpoint, its own VAE streamed with a causal cache carried across chunks.
         self.decoder_graph = None if streams_with_vae(pack) else build_decoder_graph(pack, self.width, self.height)
@@ -290,6 +289,7 @@ class DraftModel:
 
 @dataclass(frozen=True)
 class WindowInputs:
+    chunk: int  # the window's chunk index
     noise: torch.Tensor  # [1, C, new, h, w]
     extra: dict[str, torch.Tensor]  # conditioning by denoiser input name (camera, control), whole window
 
@@ -344,7 +344,7 @@ class Take:
         resume = None if self.done else self.chunks[self.state.next_chunk].start
         previous = self.state.context  # the frames before a resumed take's next chunk, to warm a stateful decoder
         self.frame_stream = model.frame_decoder.open(resume or 0, previous)  # one decoder stream per take
-        self._ahead: tuple[int, WindowInputs] | None = None  # the next window's inputs, built early (see step)
+        self._ahead: WindowInputs | None = None  # the next window's inputs, built early (see step)
 
     @property
     def done(self) -> bool:
@@ -354,7 +354,7 @@ class Take:
         """Index of the chunk's first video frame: the frames of every latent frame before it."""
         return min(self.total_frames, self.layout.video_frames(chunk.start)) if chunk.start else 0
 
-    def inputs(self, chunk: Chunk) -> WindowInputs:
+    def window_inputs(self, chunk: Chunk) -> WindowInputs:
         """What the host makes for one window: its noise and its camera and control maps, sent to the device.
 
         A function of the recipe and the chunk alone, so building it early changes nothing.
@@ -371,13 +371,13 @@ class Take:
             start = time.perf_counter()
             extra["control"] = self.control_window(first, self.window)
             self.stats.control_s += time.perf_counter() - start
-        return WindowInputs(noise, extra)
+        return WindowInputs(chunk.index, noise, extra)
 
     def step(self) -> tuple[Chunk, torch.Tensor, Iterator[Frame]]:
         model, stats = self.model, self.stats
         chunk = self.chunks[self.state.next_chunk]
         ahead, self._ahead = self._ahead, None
-        window = ahead[1] if ahead is not None and ahead[0] == chunk.index else self.inputs(chunk)
+        window = ahead if ahead is not None and ahead.chunk == chunk.index else self.window_inputs(chunk)
         velocity = model._model(self.prompt, window.extra, stats)
         if self.negative is not None:
             velocity = guided(velocity, model._model(self.negative, window.extra, stats),
@@ -391,9 +391,9 @@ class Take:
         if model.asynchronous and not self.done:
             # The device is still denoising this window (its frames are read only as they are decoded), so
             # the host builds the next window's inputs now, and that window starts the moment it is asked for.
-            # Not on a CPU, where the work would only delay this window's frames.
-            upcoming = self.chunks[self.state.next_chunk]
-            self._ahead = (upcoming.index, self.inputs(upcoming))
+            # Not where run() computed the window already (a CPU, ONNX Runtime): there it would only delay
+            # this window's frames.
+            self._ahead = self.window_inputs(self.chunks[self.state.next_chunk])
         kept = clean[:, :, : chunk.keep]
         return chunk, kept, self._frames(chunk, kept)
 

@@ -19,8 +19,9 @@ from collections import OrderedDict
 
 import torch
 
+from engines.device import checked_device
 from engines.errors import BackendUnavailableError
-from engines.precision import resolve_precision, torch_dtype
+from engines.precision import precision_name, resolve_precision, torch_dtype
 from previz.errors import PackError
 from previz.packs import Pack, load_component, load_tokenizer
 
@@ -36,28 +37,33 @@ def text_shape(pack: Pack) -> tuple[int, int]:
 class TextEncoder:
     """Prompt -> ``[1, tokens, dim]`` float32 states on ``device``, cached by prompt.
 
-    ``precision`` (fp32 | bf16 | fp16; None: bf16 on CUDA, fp32 elsewhere) is
-    resolved as the engines resolve theirs.  The states returned are the
-    cache's own tensors, handed to every take with that prompt: callers must
-    not write into them.  They are made under inference mode, so an in-place
-    write outside it raises; inside it (an engine's ``run``) nothing stops one,
-    and the tests check that the take path makes none.
+    ``precision`` is fp32, bf16 or fp16; None is bf16 on CUDA (as WanPipeline
+    runs UMT5) and, on a CPU, the dtype the checkpoint was stored in (fp32 for
+    MiniLM, bf16 for Wan's UMT5: an fp32 copy of UMT5-XXL would be 22 GB of host
+    memory).  The states returned are the cache's own tensors, handed to every
+    take with that prompt: callers must not write into them.  They are made
+    under inference mode, so an in-place write outside it raises; inside it (an
+    engine's ``run``) nothing stops one, and the tests check that the take path
+    makes none.  On a GPU the cache is device memory: UMT5's states are 8 MB a
+    prompt, so a full cache of 64 holds 0.5 GB.
     """
 
     def __init__(self, pack: Pack, *, cache_size: int = 64, device: str | torch.device = "cpu",
                  precision: str | None = None) -> None:
         self.tokens, self.dim = text_shape(pack)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailableError(f"device {str(device)!r}: this torch has no CUDA GPU to run on",
-                                          field="device", value=str(device))
-        self.precision = resolve_precision(precision, self.device.type)
+        self.device = checked_device(device)
+        if precision == "fp8":
+            raise BackendUnavailableError("a text encoder runs fp32, bf16 or fp16; fp8 is for the engines' matmuls",
+                                          field="precision", value=precision)
+        stored = precision in (None, "auto") and self.device.type != "cuda"
+        chosen = None if stored else resolve_precision(precision, self.device.type)
         self.tokenizer = load_tokenizer(pack)
-        # torch_dtype at load, not .to(dtype) after it: the fp32 copy (22 GB for UMT5-XXL) never exists, and
-        # the modules transformers keeps in fp32 (T5's ``wo`` at fp16) stay fp32.  A one-device device_map puts
+        # torch_dtype at load, not .to(dtype) after it: no fp32 copy of a bf16 checkpoint is made, and the
+        # modules transformers keeps in fp32 (T5's ``wo`` at fp16) stay fp32.  A one-device device_map puts
         # each weight straight on the device as it is read, with no dispatch hooks.
-        self.model = load_component(pack, "text_encoder", torch_dtype=torch_dtype(self.precision),
+        self.model = load_component(pack, "text_encoder", torch_dtype="auto" if chosen is None else torch_dtype(chosen),
                                     device_map={"": self.device})
+        self.precision = chosen or precision_name(self.model.dtype)
         config = self.model.config
         hidden = int(getattr(config, "hidden_size", None) or config.d_model)  # BERT names it one way, T5 another
         if hidden != self.dim:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import re
@@ -95,7 +96,17 @@ def test_usage_errors_are_one_line(capsys):
     assert exit_.value.code == 2 and len(err) == 1 and "'abc'" in err[0]
 
 
-def test_a_cuda_only_attention_kernel_on_a_cpu_is_a_one_line_error(test_pack, tmp_path, capsys):
+def test_a_cuda_only_attention_kernel_on_a_cpu_is_a_one_line_error(test_pack, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from engines.torch_backend import ATTENTION_KERNELS
+    from previz.cli import add_engine_flags
+
+    parser = argparse.ArgumentParser()
+    add_engine_flags(parser)
+    choices = next(a.choices for a in parser._actions if a.dest == "attention")
+    assert list(choices) == ["auto", *ATTENTION_KERNELS]  # the CLI offers what the engine takes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU, even on a GPU machine
     code = main(["draft", "a cube", "--pack", "previz-test", "--backend", "torch", "--attention", "cudnn",
                  "--no-store", "-o", str(tmp_path / "x.mp4")])
     err = capsys.readouterr().err.strip().splitlines()

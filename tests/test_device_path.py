@@ -116,31 +116,24 @@ def test_compile_keeps_inductor_s_cache_under_the_engine_cache(test_pack, cache_
 
 def test_fp8_is_refused_where_it_cannot_run_with_the_reason(test_pack, cache_dir, monkeypatch):
     """fp8 needs fp8 tensor cores (CUDA, compute capability 8.9+) and torchao: each absence is a typed error
-    naming the precision, before any weights move."""
-    import builtins
-
+    naming the precision, checked before the engine casts or moves a weight."""
     import engines.precision
     from previz.draft_graphs import build_denoiser_graph
 
-    def denoiser():
-        graph, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
-        return create_engine("torch", graph, cache_dir, device="cpu", precision="fp8")
-
+    graph, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
     with pytest.raises(BackendUnavailableError, match="compute capability 8.9") as err:
-        denoiser()
+        create_engine("torch", graph, cache_dir, device="cpu", precision="fp8")
     assert err.value.field == "precision" and "use bf16" in err.value.message
+    assert {p.dtype for p in graph.module.parameters()} == {torch.float32}  # refused before any cast
     # On a capable GPU without torchao: the install hint.
+    import importlib.util
+
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    real_import = builtins.__import__
-
-    def no_torchao(name, *args, **kwargs):
-        if name.startswith("torchao"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torchao)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "torchao" else find_spec(name, *rest))
     with pytest.raises(BackendUnavailableError, match=r"needs torchao: pip install 'previz\[fp8\]'"):
-        engines.precision.quantize_fp8(torch.nn.Linear(16, 16), torch.device("cuda"))
+        engines.precision.check_fp8(torch.device("cuda"))
     assert engines.precision.torch_dtype("fp8") == torch.bfloat16  # what fp8 leaves unquantized runs at
 
 
@@ -154,21 +147,36 @@ def test_the_attention_kernel_is_chosen_per_engine_and_checked(test_pack, cache_
         graph, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
         return graph, create_engine("torch", graph, cache_dir, device="cpu", attention=attention)
 
-    graph, sdpa = denoiser("sdpa")
+    def kernels(engine) -> set[str]:
+        return {m.processor._attention_backend for m in engine.graph.module.modules()
+                if hasattr(getattr(m, "processor", None), "_attention_backend")}
+
     _, math = denoiser("math")
+    graph, sdpa = denoiser("sdpa")  # built after "math": one engine's kernel must not leak into the next
     assert sdpa.info.details["attention"] == "sdpa" and math.info.details["attention"] == "math"
-    processors = {type(m.processor).__name__: m.processor._attention_backend
-                  for m in math.graph.module.modules() if hasattr(getattr(m, "processor", None), "_attention_backend")}
-    assert processors and set(processors.values()) == {"_native_math"}
+    assert kernels(math) == {"_native_math"} and kernels(sdpa) == {"native"}
     inputs = graph.example_inputs(seed=3)
     ref, out = sdpa.run(inputs)[graph.output], math.run(inputs)[graph.output]
     assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
     decoder = create_engine("torch", build_decoder_graph(test_pack, 64, 32), cache_dir, device="cpu",
                             attention="math")
     assert "attention" not in decoder.info.details
-    for bad, message in (("cudnn", "CUDA GPU only"), ("fastest", "choose one of")):
+    for bad, message in (("cudnn", "CUDA GPU only"), ("efficient", "CUDA GPU only"), ("fastest", "choose one of")):
         with pytest.raises(BackendUnavailableError, match=message) as err:
             denoiser(bad)
+        assert err.value.field == "attention"
+
+
+def test_kernels_without_fp32_are_refused_for_an_fp32_engine_on_cuda(test_pack, cache_dir, monkeypatch):
+    """cuDNN's and flash attention take bf16 or fp16 on CUDA: an fp32 engine asking for them is refused when
+    it is made (the check runs before anything touches the GPU, so a CPU machine can run this test)."""
+    from previz.draft_graphs import build_denoiser_graph
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for kernel in ("cudnn", "flash"):
+        graph, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
+        with pytest.raises(BackendUnavailableError, match="takes bf16 or fp16") as err:
+            create_engine("torch", graph, cache_dir, device="cuda", precision="fp32", attention=kernel)
         assert err.value.field == "attention"
 
 
@@ -348,7 +356,9 @@ def test_fp8_quantizes_the_large_linears_and_stays_close_to_bf16(cache_dir):
 @pytest.mark.gpu
 def test_a_window_is_queued_without_the_host_waiting_for_the_device(test_pack, cache_dir, text_encoder):
     """``Take.step`` only queues work on CUDA (the denoiser's steps, and the next window's inputs built
-    meanwhile); the host first waits when it reads a frame. torch's sync debug mode raises on any wait."""
+    meanwhile); the host first waits when it reads a frame. torch's sync debug mode raises on the waits
+    torch makes (a blocking copy, ``.item()``, a stream sync); a staged copy from pageable memory it
+    does not see, which is why uploads go through ``engines.device.upload``."""
     from previz.take import DraftModel, Take
 
     model = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda", compile=False)

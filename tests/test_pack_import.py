@@ -93,6 +93,26 @@ def test_umt5_is_loaded_at_the_asked_precision_and_its_bf16_states_match_fp32(wa
         assert bf16(prompt) is states and bf16.encode_calls == calls
 
 
+def test_on_a_cpu_umt5_runs_at_the_dtype_its_checkpoint_stores(wan_checkpoint, tmp_path):
+    """Wan ships UMT5 in bf16; on a CPU an fp32 copy of UMT5-XXL would be 22 GB of host memory, so the
+    default there is the stored dtype (and an explicit fp32 is still honoured)."""
+    from transformers import UMT5EncoderModel
+
+    from previz.text import TextEncoder
+
+    source = tmp_path / "wan21-bf16"
+    shutil.copytree(wan_checkpoint("wan2.1"), source)
+    stored = UMT5EncoderModel.from_pretrained(source / "text_encoder", torch_dtype=torch.bfloat16)
+    shutil.rmtree(source / "text_encoder")
+    stored.save_pretrained(source / "text_encoder")
+    _import(source, "imp-wan21-bf16", *SMALL)
+    pack = load_pack("imp-wan21-bf16")
+    default, fp32 = TextEncoder(pack), TextEncoder(pack, precision="fp32")
+    assert default.precision == "bf16" and {p.dtype for p in default.model.parameters()} == {torch.bfloat16}
+    assert fp32.precision == "fp32" and {p.dtype for p in fp32.model.parameters()} == {torch.float32}
+    assert default("a red cube").dtype == torch.float32  # states are fp32 whatever the encoder ran at
+
+
 def test_wan_transformers_take_per_token_timesteps(wan21):
     """The windowed sampler gives clean context tokens t=0: diffusers 0.42's Wan forward takes [B, seq]."""
     from previz.packs import load_component

@@ -187,8 +187,8 @@ def test_building_the_next_window_early_changes_no_frame(torch_model, monkeypatc
     recipe = Recipe(prompt="a crane shot over rooftops", seed=5, seconds=1.0, camera={"preset": "orbit_left"})
     in_order = frames_of(torch_model, recipe)
     built: list[int] = []
-    inputs = Take.inputs
-    monkeypatch.setattr(Take, "inputs", lambda self, chunk: built.append(chunk.index) or inputs(self, chunk))
+    inputs = Take.window_inputs
+    monkeypatch.setattr(Take, "window_inputs", lambda self, chunk: built.append(chunk.index) or inputs(self, chunk))
     monkeypatch.setattr(torch_model, "asynchronous", True)
     take = Take(torch_model, recipe)
     take.step()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engines.errors import BackendUnavailableError
 from previz.recipe import Recipe
 from previz.take import DraftModel, Take
 from previz.text import TextEncoder
@@ -93,14 +94,26 @@ def test_lru_evicts_the_least_recently_used(test_pack):
     assert encoder.encode_calls == 4
 
 
-def test_a_draft_model_builds_its_encoder_at_the_denoiser_s_device_and_precision(test_pack, cache_dir):
+def test_a_draft_model_builds_its_encoder_on_the_denoiser_s_device_and_records_it(test_pack, cache_dir):
     model = DraftModel(test_pack, "torch", cache_dir=cache_dir, device="cpu", precision="bf16")
     try:
-        assert model.text.device == model.device and model.text.precision == "bf16"
-        assert model.engine_info()["text"] == {"device": "cpu", "precision": "bf16"}
-        assert model.metadata(Recipe(prompt="x"))["engines"]["text"]["precision"] == "bf16"
+        # On a CPU, the dtype the checkpoint stores (the test pack's MiniLM: fp32), whatever the engines run.
+        assert model.text.device == model.device and model.text.precision == "fp32"
+        assert model.engine_info()["text"] == {"device": "cpu", "precision": "fp32"}
+        assert model.metadata(Recipe(prompt="x"))["engines"]["text"]["precision"] == "fp32"
     finally:
         model.close()
+
+
+def test_the_text_precision_beside_the_engines(test_pack):
+    from engines.precision import text_precision
+
+    # On CUDA bf16 (UMT5 overflows in fp16; fp8 is a matmul format) unless the engines run fp32.
+    assert [text_precision(p, "cuda") for p in ("fp32", "bf16", "fp16", "fp8")] == ["fp32", "bf16", "bf16", "bf16"]
+    assert {text_precision(p, "cpu") for p in ("fp32", "bf16", "fp16")} == {None}  # the stored dtype
+    with pytest.raises(BackendUnavailableError, match="fp8 is for the engines' matmuls") as err:
+        TextEncoder(test_pack, precision="fp8")
+    assert err.value.field == "precision"
 
 
 @pytest.mark.gpu

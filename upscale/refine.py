@@ -175,7 +175,9 @@ class FinalModel:
                             value=pack.id)
         self.pack = pack
         self.device = torch.device(device)
-        self.text = text or TextEncoder(pack, device=self.device)  # bf16 on CUDA, as WanPipeline runs UMT5
+        # On the host, at the checkpoint's stored dtype: a render encodes two prompts, and on a GPU UMT5-XXL
+        # would hold 11 GB beside the experts for the whole render.
+        self.text = text or TextEncoder(pack)
         experts_ = {name: load_component(pack, name) for name in ("transformer", "transformer_2")}
         cam = pack.conditioning.camera
         self.camera_channels = cam.channels if cam else 0

@@ -1,0 +1,36 @@
+"""Where tensors live: checking a device exists, and moving host tensors to it without stalling it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engines.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def checked_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch device; a CUDA device where this torch has none is a typed error."""
+    import torch
+
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"device {str(device)!r}: this torch has no CUDA GPU to run on",
+                                      field="device", value=str(device))
+    return resolved
+
+
+def upload(host: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on ``device``, without making the host wait for the device's queue.
+
+    To a CUDA device the copy goes through pinned memory: copied from pageable
+    memory, a few megabytes are staged in pieces as the device reaches them, so
+    the host would wait for the work queued before the copy.  torch's pinned
+    allocator keeps the buffer until the copy is done.
+    """
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
