@@ -81,6 +81,7 @@ def test_an_approved_draft_promoted_renders_a_4k_delivery(fmt, store, test_pack,
     assert comment["recipe"]["prompt"] == draft.recipe["prompt"] and comment["recipe"]["seed"] == draft.recipe["seed"]
     assert comment["plan"]["handoff"] == ("latent" if fmt == "prores" else "pixel")
     assert comment["packs"]["final"]["id"] == final_pack.id and comment["upscaler"]["name"] == "lanczos"
+    assert comment["refine"] == {"device": "cpu", "precision": "fp32"}  # what ran the experts
     # Nothing half-written was left beside the delivery.
     assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
 

@@ -300,28 +300,31 @@ class JobRunner:
                 "packs": {"draft": draft.meta.get("pack") or {}, "final": pack.recipe_stamp()},
                 "upscaler": {"name": upscaler.name, "label": upscaler.label, "trained": upscaler.trained,
                              "temporal_window": upscaler.temporal_window},
+                "refine": {"device": str(model.device), "precision": model.precision},
                 "plan": plan.to_dict(),
                 "options": {k: v for k, v in options.items() if k != "output_dir"},
             },
         )
-        render = self._pin(job, work, plan, pack.fingerprint(), fmt.name, target,
+        render = self._pin(job, work, plan, pack.fingerprint(), model.precision, fmt.name, target,
                            delivery_size(options.get("resolution", "uhd")), upscaler_name, upscaler.fingerprint, meta)
         torch.set_num_threads(render.threads)
         latents = self._refine(job, draft, model, plan, work)
         self._decode(render, model, latents)
         return render
 
-    def _pin(self, job: Job, work: Path, plan: RefinePlan, fingerprint: str, fmt: str, target: Path,
+    def _pin(self, job: Job, work: Path, plan: RefinePlan, fingerprint: str, precision: str, fmt: str, target: Path,
              size: tuple[int, int], upscaler: str, upscaler_weights: str | None, meta: DeliveryMeta) -> Render:
         """The render a job started with; a resume against a different pack or plan would mix two renders.
 
+        The experts' precision is part of it: a resume on a CPU of a job a GPU
+        started (fp32 against bf16) would change the picture mid-render.
         A resume keeps the segment length the job started with (H.265 segments
         are separate encodes) and its torch thread count (CPU reductions group
         differently per thread count, so the bytes are reproducible only at the
         same count).
         """
-        check: dict[str, Any] = {"plan": plan.to_dict(), "pack": fingerprint, "options": job.options,
-                                 "upscaler": upscaler, "upscaler_weights": upscaler_weights}
+        check: dict[str, Any] = {"plan": plan.to_dict(), "pack": fingerprint, "precision": precision,
+                                 "options": job.options, "upscaler": upscaler, "upscaler_weights": upscaler_weights}
         path = work / PLAN_FILE
         if path.is_file():
             pinned = json.loads(path.read_text())

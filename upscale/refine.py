@@ -32,8 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engines.device import checked_device
+from engines.precision import resolve_precision, torch_dtype
 from previz.camera import camera_path, plucker_latent
-from previz.errors import PackError
+from previz.errors import BackendUnavailableError, PackError, engine_errors
 from previz.packs import Pack, load_component
 from previz.sampler import Model, chunk_noise, euler_step, experts, guided, renoise, strength_sigmas
 from previz.text import TextEncoder
@@ -166,19 +168,34 @@ class RefineStats:
 
 
 class FinalModel:
-    """A final pack loaded for refinement and decoding (CPU by default)."""
+    """A final pack loaded for refinement and decoding (CPU by default).
 
-    def __init__(self, pack: Pack, *, device: str = "cpu", text: TextEncoder | None = None,
-                 offload: bool | None = None) -> None:
+    The experts run at ``precision`` (fp32 | bf16 | fp16; None: bf16 on CUDA,
+    fp32 on a CPU), loaded at it with ``torch_dtype``: diffusers otherwise loads
+    a bf16 checkpoint as fp32, and an A14B expert is 57 GB in fp32 against 28 GB
+    in bf16, twice, in host memory and then on the GPU.  The modules diffusers
+    keeps in fp32 stay fp32, and so do the timesteps and the VAE (as
+    WanPipeline runs it).
+    """
+
+    def __init__(self, pack: Pack, *, device: str = "cpu", precision: str | None = None,
+                 text: TextEncoder | None = None, offload: bool | None = None) -> None:
         if pack.kind != "final" or pack.final is None or pack.boundary_ratio is None:
             raise PackError(f"pack {pack.id!r} is not a final pack with sampling defaults", field="pack",
                             value=pack.id)
         self.pack = pack
-        self.device = torch.device(device)
+        if precision == "fp8":
+            raise BackendUnavailableError("the final stage runs fp32, bf16 or fp16; fp8 is for draft engines",
+                                          field="precision", value=precision)
+        with engine_errors():  # previz's typed errors at this edge, as for the draft engines
+            self.device = checked_device(device)
+            self.precision = resolve_precision(precision, self.device.type)
+        self.dtype = torch_dtype(self.precision)
         # On the host, at the checkpoint's stored dtype: a render encodes two prompts, and on a GPU UMT5-XXL
         # would hold 11 GB beside the experts for the whole render.
         self.text = text or TextEncoder(pack)
-        experts_ = {name: load_component(pack, name) for name in ("transformer", "transformer_2")}
+        experts_ = {name: load_component(pack, name, torch_dtype=self.dtype)
+                    for name in ("transformer", "transformer_2")}
         cam = pack.conditioning.camera
         self.camera_channels = cam.channels if cam else 0
         for name, module in experts_.items():
@@ -287,8 +304,8 @@ class FinalModel:
                     latents = x
                     if camera is not None:
                         latents = torch.cat([latents, camera], dim=1)
-                    out = module(latents.to(self.device), t.to(self.device),
-                                 states.to(self.device), return_dict=False)[0]
+                    out = module(latents.to(self.device, self.dtype), t.to(self.device),
+                                 states.to(self.device, self.dtype), return_dict=False)[0]
                 return out.float().cpu()
 
             return run
