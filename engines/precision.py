@@ -70,10 +70,11 @@ def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     floating weight is cast, except those whose dotted name, relative to the
     diffusers model holding it, has a part in that model's
     ``_keep_in_fp32_modules`` (Wan: time embedder, modulation tables, norms).
-    Casting here rather than loading twice lets one fp32 load serve both the
-    fp32 ONNX export and a bf16 torch engine, with the weights
-    ``torch_dtype`` loading would give (tests/test_precision.py checks it).
-    Unlike ``ModelMixin.to(dtype)``, which casts everything and warns about it.
+    A draft model loads its denoiser at the torch engine's precision already
+    (no fp32 copy of a bf16 student), so there this leaves the weights as they
+    are; it casts graphs built at fp32, with the weights ``torch_dtype``
+    loading would give (tests/test_device_path.py checks both).  Unlike
+    ``ModelMixin.to(dtype)``, which casts everything and warns about it.
     """
     import torch
 

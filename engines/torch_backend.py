@@ -157,5 +157,11 @@ def create(graph: Graph, cache_dir: Path, **options: Any) -> TorchEngine:
                        attention=str(options.get("attention") or "sdpa"))
 
 
+def compute_dtype(**options: Any) -> torch.dtype:
+    """The dtype an engine made with ``options`` computes at: what its graph's weights can be loaded at."""
+    device = torch.device(str(options.get("device") or _default_device()))
+    return torch_dtype(resolve_precision(options.get("precision"), device.type))
+
+
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"

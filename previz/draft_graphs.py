@@ -105,10 +105,16 @@ def tokens_per_frame(transformer: Any, latent_h: int, latent_w: int) -> int:
     return (latent_h // p_h) * (latent_w // p_w)
 
 
-def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: int, text_dim: int) -> tuple[Graph, int]:
-    """The denoiser graph at one draft size, and its tokens per latent frame."""
+def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: int, text_dim: int,
+                         dtype: torch.dtype | None = None) -> tuple[Graph, int]:
+    """The denoiser graph at one draft size, and its tokens per latent frame.
+
+    ``dtype`` loads the weights at a torch engine's precision (diffusers' fp32-kept modules stay fp32):
+    without it diffusers loads fp32, twice a bf16 checkpoint's size in host memory (20 GB for a
+    Wan2.2-TI2V-5B-sized student).  The ONNX exports need the fp32 load, so they pass none.
+    """
     assert pack.draft is not None
-    transformer = load_component(pack, "denoiser")
+    transformer = load_component(pack, "denoiser", **({"torch_dtype": dtype} if dtype is not None else {}))
     layout = pack.latent
     cam = camera_channels(pack)
     spec = control_spec(pack)

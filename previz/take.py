@@ -104,8 +104,14 @@ class DraftModel:
         self.fps = pack.draft.fps
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         text_tokens, text_dim = text_shape(pack)  # the manifest's: the encoder loads after the denoiser
+        load_dtype = None  # fp32, which the ONNX exports need
+        if backend == "torch":  # the torch engine's own precision: no fp32 copy of a bf16 student
+            from engines.torch_backend import compute_dtype
+
+            with engine_errors():
+                load_dtype = compute_dtype(**engine_options)
         self.denoiser_graph, self.tokens_per_frame = build_denoiser_graph(
-            pack, self.width, self.height, text_tokens=text_tokens, text_dim=text_dim
+            pack, self.width, self.height, text_tokens=text_tokens, text_dim=text_dim, dtype=load_dtype
         )
         with engine_errors():
             self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)

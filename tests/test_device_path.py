@@ -167,6 +167,32 @@ def test_the_attention_kernel_is_chosen_per_engine_and_checked(test_pack, cache_
         assert err.value.field == "attention"
 
 
+def test_a_torch_engine_s_student_is_loaded_at_its_precision_with_the_weights_a_cast_would_give(
+        test_pack, cache_dir, text_encoder, monkeypatch):
+    """No fp32 copy of a bf16 student in host memory: the torch backend loads the denoiser at its engine's
+    precision; the weights equal an fp32 load cast by the engine's rule, so takes are unchanged."""
+    import previz.draft_graphs
+    from engines.precision import cast_module
+    from previz.draft_graphs import build_denoiser_graph
+    from previz.take import DraftModel
+
+    asked: list = []
+    load = previz.draft_graphs.load_component
+    monkeypatch.setattr(previz.draft_graphs, "load_component",
+                        lambda pack, name, **kw: asked.append((name, kw.get("torch_dtype"))) or load(pack, name, **kw))
+    DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", precision="bf16")
+    DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu")
+    DraftModel(test_pack, "onnxruntime", cache_dir=cache_dir, text=text_encoder)
+    # Only the denoiser: the decoder is small. onnxruntime exports the fp32 graph.
+    assert [dtype for name, dtype in asked if name == "denoiser"] == [torch.bfloat16, torch.float32, None]
+    loaded, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384, dtype=torch.bfloat16)
+    cast, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
+    cast_module(cast.module, torch.bfloat16)
+    a, b = loaded.module.state_dict(), cast.module.state_dict()
+    assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    assert {v.dtype for v in a.values()} == {torch.bfloat16, torch.float32}  # Wan's fp32-kept modules stay
+
+
 def test_kernels_without_fp32_are_refused_for_an_fp32_engine_on_cuda(test_pack, cache_dir, monkeypatch):
     """cuDNN's and flash attention take bf16 or fp16 on CUDA: an fp32 engine asking for them is refused when
     it is made (the check runs before anything touches the GPU, so a CPU machine can run this test)."""
