@@ -9,15 +9,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_gpu_runs_at_the_small_size_on_cpu(tmp_path, capsys, monkeypatch):
+def load_bench(monkeypatch):
     # As `python tools/bench_gpu.py` has it: its sibling modules importable. (Not syspath_prepend: that
     # calls pkg_resources, which the kosoku test leaves as a stand-in without the function it calls.)
     monkeypatch.setattr(sys, "path", [str(ROOT / "tools"), *sys.path])
     spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "tools" / "bench_gpu.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = bench  # its dataclasses look their module up there
+    monkeypatch.setitem(sys.modules, "bench_gpu", bench)  # its dataclasses look their module up there
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_gpu_runs_at_the_small_size_on_cpu(tmp_path, capsys, monkeypatch):
+    bench = load_bench(monkeypatch)
     assert bench.main(["--small", "--variants", "fp32,bf16", "--seconds", "0.2", "--packs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for student in ("wan21-1.3b", "wan22-5b"):
@@ -32,3 +37,16 @@ def test_bench_gpu_runs_at_the_small_size_on_cpu(tmp_path, capsys, monkeypatch):
 
     pack = load_pack(str(next(tmp_path.glob("wan22-5b-*"))))
     assert (pack.latent.channels, pack.latent.spatial) == (48, 16)
+
+
+def test_the_profile_splits_a_denoiser_call_by_kind(tmp_path, capsys, monkeypatch):
+    bench = load_bench(monkeypatch)
+    assert [bench.kernel_kind(k) for k in ("aten::addmm", "sm90_xmma_gemm_bf16bf16_bf16f32", "pytorch_flash::flash_fwd",
+                                           "cudnn_generated_fort_native_sdpa_sm90", "triton_poi_fused_add_mul_0",
+                                           "aten::mkldnn_convolution")] == [
+        "matmul", "matmul", "attention", "attention", "other", "convolution"]
+    assert bench.main(["--small", "--students", "wan21-1.3b", "--variants", "fp32", "--seconds", "0.2",
+                       "--packs", str(tmp_path), "--profile"]) == 0
+    out = capsys.readouterr().out
+    [line] = [x for x in out.splitlines() if x.startswith("- **fp32, one denoiser call profiled:**")]
+    assert "matmul" in line and "attention" in line and "%" in line

@@ -25,6 +25,7 @@ of a compiled engine).  Prints markdown for BENCHMARKS.md.
     python tools/bench_gpu.py                       # CUDA, both students, fp32 / bf16 / bf16 compiled
     python tools/bench_gpu.py --students wan21-1.3b --variants bf16,bf16-compiled,bf16-cudagraphs
     python tools/bench_gpu.py --small               # tiny students on the CPU: checks that it all runs
+    python tools/bench_gpu.py --students wan21-1.3b --variants bf16-compiled --profile   # where a call's time goes
 """
 
 from __future__ import annotations
@@ -167,8 +168,58 @@ def graph_flop(graph: Any, device: torch.device, dtype: torch.dtype) -> float:
     return float(counter.get_total_flops())
 
 
+# Kernel (CUDA) or op (CPU) names -> where a denoiser call's time goes. Checked in this order.
+KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "attention", "attn", "cudnn_sdpa", "sdpa")),
+    ("convolution", ("conv", "fprop", "implicit_gemm")),  # the patch embedding (before gemm: cuDNN's names)
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "scaled_mm", "aten::mm", "aten::addmm", "aten::bmm",
+                "aten::linear", "aten::matmul")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in lowered for k in keys)), "other")
+
+
+def profile_denoiser(engine: Any, graph: Any, device: torch.device, top: int = 8) -> dict[str, Any]:
+    """One denoiser call under torch.profiler: device time by kind (matmul, attention, other) and the top kernels.
+
+    On CUDA the kernels' own device time; on a CPU the ops' self time (nested ops are not counted twice).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    inputs = graph.example_inputs(seed=1, device=device)
+    engine.run(inputs)  # warm: allocator and any lazy set-up out of the profile
+    sync(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        engine.run(inputs)
+        sync(device)
+    rows = []
+    for event in prof.key_averages():
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us > 0 and (not cuda or event.device_type.name == "CUDA"):
+            rows.append((us / 1000.0, event.key))
+    total = sum(ms for ms, _ in rows) or 1e-9
+    kinds: dict[str, float] = {}
+    for ms, name in rows:
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+    return {"total_ms": total, "kinds": kinds, "top": sorted(rows, reverse=True)[:top]}
+
+
+def print_profile(variant: str, profile: dict[str, Any]) -> None:
+    total = profile["total_ms"]
+    parts = ", ".join(f"{kind} {ms:.1f} ms ({100 * ms / total:.0f}%)"
+                      for kind, ms in sorted(profile["kinds"].items(), key=lambda kv: -kv[1]))
+    print(f"\n- **{variant}, one denoiser call profiled:** {total:.1f} ms of kernels: {parts}. Top kernels:")
+    for ms, name in profile["top"]:
+        print(f"  - {ms:.2f} ms `{name[:100]}` ({kernel_kind(name)})")
+
+
 def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seconds: float, repeats: int,
-                  cache_dir: Path) -> dict[str, Any]:
+                  cache_dir: Path, profile: bool = False) -> dict[str, Any]:
     from engines.precision import torch_dtype
     from previz.frame_decoder import EngineFrameDecoder
     from previz.recipe import Recipe
@@ -206,6 +257,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     wall, split = take(repeats + 1)
     denoise, decode, calls = split.denoise_s, split.decode_s, split.denoiser_calls
     den_flop = graph_flop(model.denoiser_graph, device, torch_dtype(info["denoiser"]["precision"]))
+    profiled = profile_denoiser(model.denoiser.engine, model.denoiser_graph, device) if profile else None
     fps = statistics.median(stats.frames / elapsed for elapsed, stats in takes)
     result = {
         "variant": variant,
@@ -224,6 +276,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         "load_s": load_s,
         "params_b": sum(p.numel() for p in model.denoiser_graph.module.parameters()) / 1e9,
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "profile": profiled,
     }
     model.close()
     if device.type == "cuda":
@@ -243,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=None, help="default 480 (64 with --small)")
     parser.add_argument("--seconds", type=float, default=None, help="take length (default 4; 0.5 with --small)")
     parser.add_argument("--repeats", type=int, default=None, help="takes timed per variant (default 3; 1 --small)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one denoiser call per variant: time by kind (matmul, attention, other) "
+                             "and the top kernels")
     parser.add_argument("--packs", type=Path, default=None,
                         help="where the random students are built and kept (default: a temporary directory)")
     args = parser.parse_args(argv)
@@ -279,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
             pack = build_pack(table[name], packs, width, height, *((16, 8) if args.small else (512, 64)))
             text = TextEncoder(pack, device=device)  # bf16 on CUDA, shared by every variant (its cache too)
             unit, scale = ("GFLOP/s", 1e3) if args.small else ("TFLOP/s", 1.0)
+            profiles: list[tuple[str, Any]] = []
             for i, variant in enumerate(variants):
                 # Each row prints as soon as it is measured, so a run cut short keeps what it finished.
-                r = bench_variant(pack, text, variant, device, seconds, repeats, cache_dir)
+                r = bench_variant(pack, text, variant, device, seconds, repeats, cache_dir, args.profile)
+                profiles.append((variant, r["profile"]))
                 if i == 0:
                     params = r["params_b"]
                     size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
@@ -297,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['denoise_call_ms']:.1f} ms | {r['denoise_tflops'] * scale:.2f} "
                       f"({100 * r['denoise_tflops'] / peak:.0f}%)"
                       f" | {compile_} | {memory} |", flush=True)
+            for variant, profile in profiles:
+                if profile is not None:
+                    print_profile(variant, profile)
     return 0
 
 
