@@ -45,8 +45,11 @@ def test_the_profile_splits_a_denoiser_call_by_kind(tmp_path, capsys, monkeypatc
                                            "cudnn_generated_fort_native_sdpa_sm90", "triton_poi_fused_add_mul_0",
                                            "aten::mkldnn_convolution")] == [
         "matmul", "matmul", "attention", "attention", "other", "convolution"]
-    assert bench.main(["--small", "--students", "wan21-1.3b", "--variants", "fp32", "--seconds", "0.2",
+    # A variant that cannot run here (cuDNN attention on a CPU) is reported, and the run goes on.
+    assert bench.main(["--small", "--students", "wan21-1.3b", "--variants", "bf16-cudnn,fp32", "--seconds", "0.2",
                        "--packs", str(tmp_path), "--profile"]) == 0
     out = capsys.readouterr().out
     [line] = [x for x in out.splitlines() if x.startswith("- **fp32, one denoiser call profiled:**")]
     assert "matmul" in line and "attention" in line and "%" in line
+    assert "- **bf16-cudnn failed:** BackendUnavailableError: attention 'cudnn' runs on a CUDA GPU only" in out
+    assert sum(x.startswith("| fp32 |") for x in out.splitlines()) == 1

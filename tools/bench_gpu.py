@@ -336,11 +336,19 @@ def main(argv: list[str] | None = None) -> int:
             text = TextEncoder(pack, device=device)  # bf16 on CUDA, shared by every variant (its cache too)
             unit, scale = ("GFLOP/s", 1e3) if args.small else ("TFLOP/s", 1.0)
             profiles: list[tuple[str, Any]] = []
-            for i, variant in enumerate(variants):
-                # Each row prints as soon as it is measured, so a run cut short keeps what it finished.
-                r = bench_variant(pack, text, variant, device, seconds, repeats, cache_dir, args.profile)
+            failures: list[str] = []
+            for variant in variants:
+                # Each row prints as soon as it is measured, so a run cut short keeps what it finished, and a
+                # variant that fails (a kernel this card or torch lacks) is reported without ending the run.
+                try:
+                    r = bench_variant(pack, text, variant, device, seconds, repeats, cache_dir, args.profile)
+                except Exception as exc:  # a failure is a finding: printed below, and the run goes on
+                    failures.append(f"- **{variant} failed:** {type(exc).__name__}: {str(exc)[:300]}")
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
                 profiles.append((variant, r["profile"]))
-                if i == 0:
+                if len(profiles) == 1:
                     params = r["params_b"]
                     size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
                     print(f"\n## {name}: {size}-parameter denoiser\n")
@@ -358,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             for variant, profile in profiles:
                 if profile is not None:
                     print_profile(variant, profile)
+            if failures:
+                print(f"\n{name}:\n" + "\n".join(failures), flush=True)
     return 0
 
 
