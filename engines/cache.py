@@ -6,7 +6,7 @@ is never loaded, whatever its file name.  The key covers the ONNX sha256, the
 shape profile, the precision, the runtime version and the GPU name, so a driver
 or GPU change builds anew instead of loading an incompatible plan.
 
-Writes are atomic (previz.atomic: temp file, fsync, rename) and the manifest is updated under
+Writes are atomic (engines.atomic: temp file, fsync, rename) and the manifest is updated under
 an exclusive file lock, so two processes building at once cannot corrupt it.
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engines.atomic import atomic_write, file_lock
 from engines.errors import EngineCacheError
-from previz.atomic import atomic_write, file_lock
 
 MANIFEST = "manifest.json"
 

@@ -29,6 +29,11 @@ class EngineCacheError(EngineError):
     """A cached artifact is not trusted (not in our manifest, altered, or pointing outside its directory)."""
 
 
+class WriteError(EngineError):
+    """A file could not be written where it was asked (full disk, read-only directory); nothing half-written
+    was left under its name (engines.atomic)."""
+
+
 class DeviceOutOfMemoryError(EngineError):
     """The device ran out of memory during a run.  The engine itself is still usable."""
 

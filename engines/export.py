@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from engines.atomic import atomic_path, atomic_write
 from engines.errors import EngineCacheError
 from engines.graphs import Graph
-from previz.atomic import atomic_path, atomic_write
 
 OPSET = 18  # TensorRT and its fp16 copy: the opset its ONNX parser is known to take
 ORT_OPSET = 23  # ONNX Runtime: native Attention / RotaryEmbedding kernels

@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engines.atomic import atomic_write
 from engines.base import EngineInfo, cuda_device_name, module_installed, warmup_with_examples
 from engines.cache import EngineCache, cache_key, sha256_bytes
 from engines.errors import BackendUnavailableError, DeviceOutOfMemoryError
 from engines.export import export_onnx, to_fp16
 from engines.graphs import Graph
-from previz.atomic import atomic_write
 
 
 def unavailable_reason() -> str | None:

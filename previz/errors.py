@@ -127,6 +127,7 @@ def from_engine_error(exc: BaseException) -> PrevizError | None:
         (engine.BackendUnavailableError, BackendUnavailableError),
         (engine.EngineCacheError, EngineCacheError),
         (engine.DeviceOutOfMemoryError, OutOfDeviceMemoryError),
+        (engine.WriteError, OutputError),
     ]
     cls = next((ours for theirs, ours in kinds if isinstance(exc, theirs)), PrevizError)
     return cls(exc.message, field=exc.field, value=exc.value)

@@ -40,6 +40,31 @@ def test_a_full_disk_is_an_output_error_naming_the_target(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_engines_raise_their_own_write_error_and_previz_its_output_error(tmp_path):
+    """The mechanism lives in engines (which import nothing of previz); previz's door gives previz's error."""
+    import engines.atomic
+    from engines.errors import WriteError
+
+    for module, error in ((engines.atomic, WriteError), (None, OutputError)):
+        path = atomic_path if module is None else module.atomic_path
+        with pytest.raises(error, match="f.mov") as raised, path(tmp_path / "f.mov") as tmp:
+            tmp.write_bytes(b"x")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        assert raised.value.field == "output"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_engines_import_nothing_of_previz():
+    import subprocess
+    import sys
+
+    code = ("import sys, engines, engines.atomic, engines.cache, engines.export, engines.precision, "
+            "engines.device, engines.torch_backend, engines.onnxruntime_backend, engines.tensorrt_backend; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('previz', 'upscale')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_unwritable_directory_is_an_output_error(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root writes anywhere")

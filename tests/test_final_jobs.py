@@ -202,7 +202,7 @@ def test_bad_promotions_are_one_line_errors_that_change_nothing(store, test_pack
 
 def test_a_full_disk_fails_the_job_cleanly_and_it_resumes_once_space_is_free(store, test_pack, final_pack, cache_dir,
                                                                              capsys, monkeypatch):
-    import previz.atomic
+    import engines.atomic
 
     draft = make_stored_draft(store, test_pack, cache_dir)
     finals = store.root / "finals"
@@ -214,7 +214,7 @@ def test_a_full_disk_fails_the_job_cleanly_and_it_resumes_once_space_is_free(sto
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr(previz.atomic.os, "fsync", full_disk)
+    monkeypatch.setattr(engines.atomic.os, "fsync", full_disk)
     # `previz promote`: the top-level spelling of `previz drafts promote`.
     rc, _, err = cli(capsys, "promote", draft.id, "--format", "prores", "--size", SIZE, "--store", str(store.root),
                      "--run")
@@ -224,7 +224,7 @@ def test_a_full_disk_fails_the_job_cleanly_and_it_resumes_once_space_is_free(sto
     assert list(finals.iterdir()) == []  # no partial file under the final name, and no temp file either
     assert not output_target(store, job).exists()
 
-    monkeypatch.setattr(previz.atomic.os, "fsync", real_fsync)
+    monkeypatch.setattr(engines.atomic.os, "fsync", real_fsync)
     rc, out, err = cli(capsys, "jobs", "resume", job.id, "--store", str(store.root))
     assert rc == 0, err
     assert store.job(job.id).state == "done" and output_target(store, job).is_file()
