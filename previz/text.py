@@ -20,9 +20,8 @@ from collections import OrderedDict
 import torch
 
 from engines.device import checked_device
-from engines.errors import BackendUnavailableError
 from engines.precision import precision_name, resolve_precision, torch_dtype
-from previz.errors import PackError
+from previz.errors import BackendUnavailableError, PackError, engine_errors
 from previz.packs import Pack, load_component, load_tokenizer
 
 
@@ -51,12 +50,14 @@ class TextEncoder:
     def __init__(self, pack: Pack, *, cache_size: int = 64, device: str | torch.device = "cpu",
                  precision: str | None = None) -> None:
         self.tokens, self.dim = text_shape(pack)
-        self.device = checked_device(device)
+        with engine_errors():
+            self.device = checked_device(device)
         if precision == "fp8":
             raise BackendUnavailableError("a text encoder runs fp32, bf16 or fp16; fp8 is for the engines' matmuls",
                                           field="precision", value=precision)
         stored = precision in (None, "auto") and self.device.type != "cuda"
-        chosen = None if stored else resolve_precision(precision, self.device.type)
+        with engine_errors():
+            chosen = None if stored else resolve_precision(precision, self.device.type)
         self.tokenizer = load_tokenizer(pack)
         # torch_dtype at load, not .to(dtype) after it: no fp32 copy of a bf16 checkpoint is made, and the
         # modules transformers keeps in fp32 (T5's ``wo`` at fp16) stay fp32.  A one-device device_map puts

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines.errors import BackendUnavailableError
+from previz.errors import BackendUnavailableError
 from previz.recipe import Recipe
 from previz.take import DraftModel, Take
 from previz.text import TextEncoder
