@@ -625,8 +625,8 @@ def plucker(c2w: np.ndarray, k: np.ndarray, width: int, height: int) -> np.ndarr
     """
     v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
     pix = np.stack([u, v, np.ones_like(u)], axis=-1).reshape(-1, 3)  # [HW, 3]
-    # Pixel -> world direction is one 3x3 map per pose, R K^-1: one batched matmul (BLAS), where two
-    # einsums over every pixel cost 6x more, and this runs once a window, on the take's critical path.
+    # Pixel -> world direction is one 3x3 map per pose, R K^-1: one batched matmul (BLAS). Two per-pixel
+    # einsums made these maps 4x slower (33 against 8 ms a window at 832x480), on a take's critical path.
     to_world = c2w[:, :3, :3] @ np.linalg.inv(k)  # [N, 3, 3]
     dirs = pix @ to_world.transpose(0, 2, 1)  # [N, HW, 3]
     dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
