@@ -37,6 +37,8 @@ def test_a_promoted_draft_renders_in_the_background_with_progress_events(test_pa
         progress = [e["progress"] for e in client.events if e["type"] == "job_progress"]
         assert {p["stage"] for p in progress} == {"refine", "decode", "vsr", "encode"}
         assert all(1 <= p["unit"] <= p["units"] for p in progress)
+        # The encode stage estimates its time left from the segment it has just encoded (it had none before).
+        assert all(p["eta_s"] is not None and p["eta_s"] >= 0 for p in progress if p["stage"] == "encode")
         # Clients learn the delivery's file name, never this machine's paths.
         assert done["job"]["output"] == f"{draft_id}_{job_id}.mov"
         assert "output_dir" not in done["job"]["options"]

@@ -448,6 +448,7 @@ class JobRunner:
         self._check_cancelled(job_id)
         fmt = delivery_format(render.format)
         start, count = render.segments[j]
+        started = time.monotonic()
         frames = (dequantize(self._load_frame(job_id, "vsr", f)) for f in range(start, start + count))
         if fmt.sequence:
             name = f"deliver/seg{j:05d}"
@@ -463,7 +464,9 @@ class JobRunner:
         for f in range(start, start + count):  # in the segment now: a 4K frame is 48 MB on disk
             (work / f"vsr/f{f:06d}.safetensors").unlink(missing_ok=True)
         done = len(self._finished(job_id, "deliver"))
-        self._progress(job_id, "encode", done, len(render.segments), time.monotonic(), done)
+        # The ETA from this segment's own encode time: segments may be encoded by separate processes (Ray
+        # tasks), so this one's time is the rate every process can measure.
+        self._progress(job_id, "encode", done, len(render.segments), started, done - 1)
 
     # ------------------------------------------------------------------ 4. join
 
