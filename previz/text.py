@@ -50,13 +50,12 @@ class TextEncoder:
     def __init__(self, pack: Pack, *, cache_size: int = 64, device: str | torch.device = "cpu",
                  precision: str | None = None) -> None:
         self.tokens, self.dim = text_shape(pack)
-        with engine_errors():
-            self.device = checked_device(device)
         if precision == "fp8":
             raise BackendUnavailableError("a text encoder runs fp32, bf16 or fp16; fp8 is for the engines' matmuls",
                                           field="precision", value=precision)
-        stored = precision in (None, "auto") and self.device.type != "cuda"
         with engine_errors():
+            self.device = checked_device(device)
+            stored = precision in (None, "auto") and self.device.type != "cuda"
             chosen = None if stored else resolve_precision(precision, self.device.type)
         self.tokenizer = load_tokenizer(pack)
         # torch_dtype at load, not .to(dtype) after it: no fp32 copy of a bf16 checkpoint is made, and the

@@ -72,9 +72,6 @@ SMALL_STUDENTS = {
                                                   freq_dim=32, ffn_dim=64, num_layers=2))
     for name, s in STUDENTS.items()
 }
-# The matmul peak each precision is set against. fp8 against bf16's: its attention and small layers stay
-# bf16, so its share of that peak can pass 100%.
-PEAK_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp8": "bfloat16"}
 # variant -> engine options (DraftModel passes them to both engines)
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {"precision": "fp32", "compile": False},
@@ -320,17 +317,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = SMALL_STUDENTS if args.small else STUDENTS
 
+    from engines.precision import torch_dtype
     from previz.text import TextEncoder
 
     with tempfile.TemporaryDirectory(prefix="previz-bench-gpu-") as tmp:
         packs = args.packs or Path(tmp) / "packs"
         cache_dir = Path(tmp) / "cache" if args.packs is None else args.packs / "cache"
-        peaks = {dtype: matmul_peak_tflops(device, getattr(torch, dtype), args.small)
-                 for dtype in ("float32", "bfloat16", "float16")}
+        peaks = {dtype: matmul_peak_tflops(device, dtype, args.small)
+                 for dtype in (torch.float32, torch.bfloat16, torch.float16)}
         print(f"# bench_gpu: {machine(device)}\n")
         print(f"- {width}x{height} at {FPS} fps, {seconds:g} s takes, 4 steps, window 4 with 1 context frame, "
               f"median of {repeats} takes after one warm take.")
-        print("- matmul peak (measured): " + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in peaks.items()))
+        print("- matmul peak (measured): "
+              + ", ".join(f"{str(k).removeprefix('torch.')} {v:.2f} TFLOP/s" for k, v in peaks.items()))
         for name in students:
             pack = build_pack(table[name], packs, width, height, *((16, 8) if args.small else (512, 64)))
             text = TextEncoder(pack, device=device)  # bf16 on CUDA, shared by every variant (its cache too)
@@ -355,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                     print("| variant | fps | realtime | time to first frame | synced take: denoise / decode / rest (s) "
                           f"| denoiser call | denoiser {unit} (of peak) | compile | peak memory |")
                     print("|---|---|---|---|---|---|---|---|---|")
-                peak = peaks[PEAK_DTYPE[r["precision"]]]
+                # Against the peak of the dtype the engine computes at: fp8 against bf16's (its attention and
+                # small layers stay bf16, so its share of that peak can pass 100%).
+                peak = peaks[torch_dtype(r["precision"])]
                 memory = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "-"
                 compile_ = f"{r['compile_s']:.1f} s" if r["compile_s"] else "-"
                 print(f"| {r['variant']} | {r['fps']:.1f} | {r['rtf']:.2f}x | {r['ttff_ms']:.0f} ms | "
