@@ -122,7 +122,10 @@ def quantize_fp8(module: torch.nn.Module, device: torch.device) -> int:
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     def large(layer: torch.nn.Module, name: str) -> bool:
-        return (isinstance(layer, torch.nn.Linear) and layer.weight.dtype == torch.bfloat16
+        # type(weight) is a torchao tensor once quantized: graphs that share one set of weights (a
+        # block-causal student's three) reach this once per engine, and a layer is quantized once.
+        return (isinstance(layer, torch.nn.Linear) and type(layer.weight) in (torch.Tensor, torch.nn.Parameter)
+                and layer.weight.dtype == torch.bfloat16
                 and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
                 and min(layer.in_features, layer.out_features) >= 256 and "embed" not in name)
 

@@ -68,6 +68,7 @@ class TorchEngine:
         self.compiled = self.device.type == "cuda" if compile is None else compile
         self.compile_mode = compile_mode
         # The engine owns graph.module from here: moved and cast in place, no second copy of the weights.
+        # Graphs may share weights (a block-causal student's three): each step below is idempotent.
         module = cast_module(graph.module, self.dtype).to(self.device).eval()
         fp8_layers = quantize_fp8(module, self.device) if self.precision == "fp8" else None
         has_attention = set_attention(module, ATTENTION_KERNELS[attention])

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from engines.graphs import Graph
+from previz.causal_context import CachedStep, ContextPass, WholeWindow, install
 from previz.errors import PackError
 from previz.packs import ControlConditioning, Pack, load_component
 from previz.wan_onnx import onnx_friendly
@@ -105,9 +107,25 @@ def tokens_per_frame(transformer: Any, latent_h: int, latent_w: int) -> int:
     return (latent_h // p_h) * (latent_w // p_w)
 
 
+@dataclass(frozen=True)
+class DenoiserGraphs:
+    """The denoiser's graphs at one draft size, all on one set of weights.
+
+    ``window`` runs a whole window: a take's first, and every window of a bidirectional student.  A
+    block-causal student (``previz.causal_context``) runs each later window as one ``context`` pass, which
+    turns the context frames into every layer's keys and values, then ``cached`` steps over the new frames,
+    which take those keys and values as their last input.
+    """
+
+    window: Graph
+    tokens_per_frame: int
+    context: Graph | None = None
+    cached: Graph | None = None
+
+
 def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: int, text_dim: int,
-                         dtype: torch.dtype | None = None) -> tuple[Graph, int]:
-    """The denoiser graph at one draft size, and its tokens per latent frame.
+                         dtype: torch.dtype | None = None) -> DenoiserGraphs:
+    """The denoiser's graphs at one draft size.
 
     ``dtype`` loads the weights at a torch engine's precision (diffusers' fp32-kept modules stay fp32):
     without it diffusers loads fp32, twice a bf16 checkpoint's size in host memory (20 GB for a
@@ -125,29 +143,53 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
             f"camera and control conditioning say {layout.channels} + {cam} + {ctl}"
         )
     lat_h, lat_w = layout.latent_size(width, height)
-    frames = pack.draft.window_frames
     tokens = tokens_per_frame(transformer, lat_h, lat_w)
-    module = (ControlDenoiserGraph if ctl else CameraDenoiserGraph if cam else DenoiserGraph)(transformer).eval()
-    inputs = {
-        "latents": (1, layout.channels, frames, lat_h, lat_w),
-        "timesteps": (1, frames * tokens),
-        "text": (1, text_tokens, text_dim),
-    }
-    if cam:
-        inputs["camera"] = (1, cam, frames, lat_h, lat_w)
-    if ctl:
-        inputs["control"] = (1, ctl, frames, lat_h, lat_w)
-    graph = Graph(
-        name="denoiser",
-        module=module,
-        inputs=inputs,
-        output="velocity",
-        source_sha256=_source_hash(pack, "denoiser"),
-        dtypes=dict.fromkeys(inputs, "float32"),
-        exact=("timesteps",),  # 0..1000: bf16 rounds 999 to 1000; Wan's time embedder runs in fp32 anyway
-        for_export=lambda opset: onnx_friendly(module, opset),
+    context = pack.conditioning.context
+    slot = install(transformer) if context is not None and context.cached else None
+    module: nn.Module = (ControlDenoiserGraph if ctl else CameraDenoiserGraph if cam else DenoiserGraph)(transformer)
+    module = module.eval()
+    source = _source_hash(pack, "denoiser")
+
+    def inputs(frames: int) -> dict[str, tuple[int, ...]]:
+        shapes = {
+            "latents": (1, layout.channels, frames, lat_h, lat_w),
+            "timesteps": (1, frames * tokens),
+            "text": (1, text_tokens, text_dim),
+        }
+        if cam:
+            shapes["camera"] = (1, cam, frames, lat_h, lat_w)
+        if ctl:
+            shapes["control"] = (1, ctl, frames, lat_h, lat_w)
+        return shapes
+
+    def graph(name: str, graph_module: nn.Module, shapes: dict[str, tuple[int, ...]], output: str,
+              **extra: Any) -> Graph:
+        return Graph(
+            name=name,
+            module=graph_module,
+            inputs=shapes,
+            output=output,
+            source_sha256=source,
+            dtypes=dict.fromkeys(shapes, "float32"),
+            exact=("timesteps",),  # 0..1000: bf16 rounds 999 to 1000; Wan's time embedder runs in fp32 anyway
+            **extra,
+        )
+
+    frames = pack.draft.window_frames
+    if slot is None:
+        return DenoiserGraphs(graph("denoiser", module, inputs(frames), "velocity",
+                                    for_export=lambda opset: onnx_friendly(module, opset)), tokens)
+    ctx = pack.draft.context_frames
+    attn = transformer.blocks[0].attn1
+    kv = (len(transformer.blocks), 2, 1, ctx * tokens, attn.heads, attn.inner_dim // attn.heads)
+    # No ONNX export: the keys and values are not yet exportable graph inputs (DraftModel says so).
+    return DenoiserGraphs(
+        window=graph("denoiser", WholeWindow(module, slot).eval(), inputs(frames), "velocity"),
+        tokens_per_frame=tokens,
+        context=graph("denoiser_context", ContextPass(module, slot).eval(), inputs(ctx), "kv"),
+        cached=graph("denoiser_cached", CachedStep(module, slot, ctx).eval(), {**inputs(frames - ctx), "kv": kv},
+                     "velocity"),
     )
-    return graph, tokens
 
 
 def build_decoder_graph(pack: Pack, width: int, height: int) -> Graph:

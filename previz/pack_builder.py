@@ -93,6 +93,7 @@ def build_draft_pack(
     text_tokens: int = 64,
     camera: bool = True,
     control_scale: int | None = None,
+    context_attention: str = "bidirectional",
     seed: int = 0,
     description: str = "",
 ) -> Pack:
@@ -103,15 +104,17 @@ def build_draft_pack(
     decoder = new_autoencoder(latent, decoder_channels)
     return save_draft_pack(root, pack_id=pack_id, latent=latent, draft=draft, denoiser=denoiser, decoder=decoder,
                            text_tokens=text_tokens, camera=camera, control_scale=control_scale, trained=False,
-                           description=description)
+                           description=description, context_attention=context_attention)
 
 
 def save_draft_pack(root: Path, *, pack_id: str, latent: LatentLayout, draft: DraftDefaults, denoiser: Any,
                     decoder: Any, text_tokens: int, camera: bool, control_scale: int | None, trained: bool,
-                    description: str, extra: dict[str, Any] | None = None) -> Pack:
+                    description: str, extra: dict[str, Any] | None = None,
+                    context_attention: str = "bidirectional") -> Pack:
     """Write a draft pack (models by ``save_pretrained``, then the manifest) into ``root``.
 
-    ``extra`` goes into the manifest's ``training`` record.
+    ``extra`` goes into the manifest's ``training`` record; ``context_attention`` says how the denoiser was
+    trained to treat its context frames (``previz.packs.ContextConditioning``).
     """
     final_root = Path(root)
     if final_root.exists() and any(final_root.iterdir()) and not (final_root / MANIFEST_NAME).is_file():
@@ -129,7 +132,8 @@ def save_draft_pack(root: Path, *, pack_id: str, latent: LatentLayout, draft: Dr
         }
         conditioning = Conditioning(
             text=TextConditioning(encoder="all-MiniLM-L6-v2", dim=MINILM_DIM, tokens=text_tokens),
-            context=ContextConditioning(kind="clean-latent-frames", frames=draft.context_frames),
+            context=ContextConditioning(kind="clean-latent-frames", frames=draft.context_frames,
+                                        attention=context_attention),
             camera=CameraConditioning(kind="plucker", channels=6 * latent.temporal) if camera else None,
             control=ControlConditioning(
                 kind="blockout", scale=control_scale, maps=("depth", "albedo"),

@@ -155,10 +155,21 @@ class TextConditioning:
 
 @dataclass(frozen=True)
 class ContextConditioning:
-    """``conditioning.context``: clean latent frames carried from one window to the next."""
+    """``conditioning.context``: clean latent frames carried from one window to the next.
+
+    ``attention``: "bidirectional" (every token of a window attends to every other) or "block-causal"
+    (the context attends only to itself, so its keys and values are computed once per window:
+    ``previz.causal_context``).  The student must have been trained the same way.
+    """
 
     kind: str
     frames: int
+    attention: str = "bidirectional"
+
+    @property
+    def cached(self) -> bool:
+        """Whether a window runs the context once and then only its new frames at every step."""
+        return self.attention == "block-causal"
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,7 @@ CAMERA_KINDS = ("plucker",)
 # by the pack's VAE (Wan Fun Control, VACE) is the next kind on this seam.
 CONTROL_KINDS = ("blockout",)
 CONTEXT_KINDS = ("clean-latent-frames",)
+CONTEXT_ATTENTION = ("bidirectional", "block-causal")
 
 
 @dataclass(frozen=True)
@@ -374,6 +386,8 @@ def parse_conditioning(data: Any, latent: LatentLayout, where: str) -> Condition
     context: ContextConditioning | None = parsed.get("context")
     if context is not None and (context.kind not in CONTEXT_KINDS or context.frames < 0):
         raise PackError(f"{where}.context: kind must be one of {CONTEXT_KINDS} and frames at least 0")
+    if context is not None and context.attention not in CONTEXT_ATTENTION:
+        raise PackError(f"{where}.context: attention {context.attention!r} is not one of {CONTEXT_ATTENTION}")
     camera: CameraConditioning | None = parsed.get("camera")
     if camera is not None:
         if camera.kind not in CAMERA_KINDS:

@@ -35,7 +35,7 @@ from previz.blockout import control as blockout_control
 from previz.blockout import control_latent, poses_to_tensors, single_threaded
 from previz.camera import camera_path, plucker_latent
 from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels, control_spec
-from previz.errors import engine_errors
+from previz.errors import BackendUnavailableError, engine_errors
 from previz.frame_decoder import EngineFrameDecoder, FrameDecoder, VAEFrameDecoder, streams_with_vae
 from previz.packs import Pack, previz_home
 from previz.recipe import Recipe, frame_count, resolve
@@ -70,7 +70,8 @@ class TakeStats:
 
     started: float = field(default_factory=time.perf_counter)
     first_frame_s: float | None = None
-    denoiser_calls: int = 0
+    denoiser_calls: int = 0  # steps: whole windows, or a block-causal student's new frames
+    context_calls: int = 0  # a block-causal student's context passes, one per window after the first
     decoder_calls: int = 0
     chunks_done: int = 0
     frames: int = 0
@@ -110,11 +111,22 @@ class DraftModel:
 
             with engine_errors():
                 load_dtype = compute_dtype(**engine_options)
-        self.denoiser_graph, self.tokens_per_frame = build_denoiser_graph(
-            pack, self.width, self.height, text_tokens=text_tokens, text_dim=text_dim, dtype=load_dtype
-        )
+        graphs = build_denoiser_graph(pack, self.width, self.height, text_tokens=text_tokens, text_dim=text_dim,
+                                      dtype=load_dtype)
+        self.denoiser_graphs = graphs
+        self.denoiser_graph, self.tokens_per_frame = graphs.window, graphs.tokens_per_frame
+        if graphs.context is not None and backend != "torch":
+            raise BackendUnavailableError(
+                f"pack {pack.id!r} has a block-causal student, whose context keys and values only the torch "
+                f"backend runs: use --backend torch (or auto), not {backend}", field="backend", value=backend)
         with engine_errors():
             self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)
+            # A block-causal student's two other graphs, on the same weights (previz.causal_context).
+            self.context_pass: Engine | None = None
+            self.cached_step: Engine | None = None
+            if graphs.context is not None and graphs.cached is not None:
+                self.context_pass = create_engine(backend, graphs.context, self.cache_dir, **engine_options)
+                self.cached_step = create_engine(backend, graphs.cached, self.cache_dir, **engine_options)
         self.device = self.denoiser.device
         # Where the denoiser runs behind the host (queued CUDA work), a take builds the next window's inputs
         # while the device denoises this one.
@@ -139,9 +151,7 @@ class DraftModel:
         (for a compiled engine, its compile: a minute or more the first time, seconds from inductor's cache)."""
         say = progress or (lambda _message: None)
         self.text("")  # the encoder's first call pays one-off initialisation
-        engines: tuple[tuple[str, Engine | FrameDecoder], ...] = (("denoiser", self.denoiser),
-                                                                   ("decoder", self.frame_decoder))
-        for name, engine in engines:
+        for name, engine in self._engines():
             compiled = "torch.compile" in engine.info.providers
             say(f"warming up the {name} ({engine.info.backend}, {engine.info.precision}, {engine.info.device}"
                 + (", compiling: the first start takes minutes, later ones reuse the cache)" if compiled else ")"))
@@ -150,17 +160,26 @@ class DraftModel:
                 engine.warmup()
             say(f"{name} ready in {time.perf_counter() - start:.1f} s")
 
+    def _engines(self) -> list[tuple[str, Engine | FrameDecoder]]:
+        engines: list[tuple[str, Engine | FrameDecoder]] = [("denoiser", self.denoiser)]
+        if self.context_pass is not None and self.cached_step is not None:
+            engines += [("denoiser's context pass", self.context_pass), ("denoiser's cached step", self.cached_step)]
+        return [*engines, ("decoder", self.frame_decoder)]
+
     def close(self) -> None:
-        self.denoiser.close()
-        self.frame_decoder.close()
+        for _name, engine in self._engines():
+            engine.close()
 
     def engine_info(self) -> dict[str, Any]:
-        return {
+        info = {
             name: {"backend": e.info.backend, "device": e.info.device, "precision": e.info.precision,
                    "providers": list(e.info.providers),
                    **{k: e.info.details[k] for k in ("compile_mode", "compile_s", "attention") if k in e.info.details}}
             for name, e in (("denoiser", self.denoiser), ("decoder", self.frame_decoder))
         } | {"text": {"device": str(self.text.device), "precision": self.text.precision}}
+        if self.context_pass is not None:
+            info["denoiser"]["context"] = "block-causal, keys and values cached per window"
+        return info
 
     def metadata(self, recipe: Recipe) -> dict[str, Any]:
         """What a written take records: the recipe plus the pack and engines behind it."""
@@ -265,6 +284,34 @@ class DraftModel:
             inputs = {"latents": x, "timesteps": t, **conditioning}
             with engine_errors():
                 velocity = self.denoiser.run(inputs)["velocity"]
+            stats.denoiser_calls += 1
+            stats.denoise_s += time.perf_counter() - start
+            return velocity
+
+        return model
+
+    def _cached_model(
+        self, prompt_states: torch.Tensor, context: torch.Tensor, extra: dict[str, torch.Tensor], stats: TakeStats
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """A block-causal student's model for one window: its context runs once, here, into every layer's
+        keys and values; the callable then denoises the new frames alone, attending to them."""
+        context_pass, cached_step = self.context_pass, self.cached_step
+        assert context_pass is not None and cached_step is not None
+        n_ctx = context.shape[2]
+        start = time.perf_counter()
+        inputs = {"latents": context, "text": prompt_states,
+                  "timesteps": torch.zeros(1, n_ctx * self.tokens_per_frame, device=context.device),
+                  **{name: value[:, :, :n_ctx] for name, value in extra.items()}}
+        with engine_errors():
+            kv = context_pass.run(inputs)["kv"]
+        stats.context_calls += 1
+        stats.denoise_s += time.perf_counter() - start
+        conditioning = {"text": prompt_states, "kv": kv, **{name: value[:, :, n_ctx:] for name, value in extra.items()}}
+
+        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            start = time.perf_counter()
+            with engine_errors():
+                velocity = cached_step.run({"latents": x, "timesteps": t, **conditioning})["velocity"]
             stats.denoiser_calls += 1
             stats.denoise_s += time.perf_counter() - start
             return velocity
@@ -384,13 +431,18 @@ class Take:
         chunk = self.chunks[self.state.next_chunk]
         ahead, self._ahead = self._ahead, None
         window = ahead if ahead is not None and ahead.chunk == chunk.index else self.window_inputs(chunk)
-        velocity = model._model(self.prompt, window.extra, stats)
-        if self.negative is not None:
-            velocity = guided(velocity, model._model(self.negative, window.extra, stats),
-                              float(self.recipe.guidance or 1.0))
         previous = self.state.context
         context = None if chunk.context == 0 or previous is None else previous[:, :, -chunk.context:]
-        clean = sample_window(velocity, window.noise, self.sigmas, context=context,
+        model_for: Callable[[torch.Tensor], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+        if context is not None and model.cached_step is not None:
+            # A block-causal student: the context lives in the model's cached keys and values, not in x.
+            model_for, in_window = (lambda states: model._cached_model(states, context, window.extra, stats)), None
+        else:
+            model_for, in_window = (lambda states: model._model(states, window.extra, stats)), context
+        velocity = model_for(self.prompt)
+        if self.negative is not None:
+            velocity = guided(velocity, model_for(self.negative), float(self.recipe.guidance or 1.0))
+        clean = sample_window(velocity, window.noise, self.sigmas, context=in_window,
                               tokens_per_frame=model.tokens_per_frame)
         self.state = TakeState(next_chunk=self.state.next_chunk + 1,
                                context=clean if context is None else torch.cat([context, clean], dim=2))

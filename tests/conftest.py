@@ -38,10 +38,11 @@ TEST_TRANSFORMER = dict(
 
 
 def make_test_pack(root: Path, *, pack_id: str = TEST_PACK, latent: LatentLayout = TEST_LATENT,
-                   draft: DraftDefaults = TEST_DRAFT, seed: int = 0, transformer: dict | None = None) -> Pack:
+                   draft: DraftDefaults = TEST_DRAFT, seed: int = 0, transformer: dict | None = None,
+                   context_attention: str = "bidirectional") -> Pack:
     return build_draft_pack(
         root, pack_id=pack_id, latent=latent, draft=draft, transformer=transformer or TEST_TRANSFORMER,
-        decoder_channels=8, text_tokens=16, seed=seed,
+        decoder_channels=8, text_tokens=16, seed=seed, context_attention=context_attention,
     )
 
 

@@ -72,6 +72,28 @@ def test_training_resumes_from_its_checkpoint_and_exports_a_loadable_pack(train,
     later.train("denoiser", steps=1)
 
 
+def test_a_block_causal_run_trains_under_the_mask_and_exports_a_pack_that_caches_its_context(
+        train, tmp_path, monkeypatch):
+    from previz.take import DraftModel
+
+    cfg = train.tiny_config()
+    cfg.context_attention = "block-causal"
+    trainer = train.Trainer(tmp_path / "run", cfg, torch.device("cpu"), seed=4, log=lambda _m: None)
+    trainer.train("ae", steps=2)
+    masks = []
+    real_mask = train.block_causal_mask
+    monkeypatch.setattr(train, "block_causal_mask", lambda *args: masks.append(real_mask(*args)) or masks[-1])
+    trainer.train("denoiser", steps=2)
+    assert len(masks) == 2 and any(not m.all() for m in masks)  # each step masked, and some windows had context
+    assert trainer.state["config"]["context_attention"] == "block-causal"
+    trainer.export(tmp_path / "pack")
+    pack = load_pack(str(tmp_path / "pack"))
+    assert pack.conditioning.context.attention == "block-causal"
+    model = DraftModel(pack, "torch", device="cpu")
+    frames = list(model.generate(Recipe(prompt="two red boxes on sand", seconds=1.0)))
+    assert len(frames) == 30 and model.context_pass is not None
+
+
 def test_the_shipped_pack_is_the_default_trained_and_draws_the_scene():
     from previz.take import DraftModel
 

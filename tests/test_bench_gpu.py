@@ -26,7 +26,7 @@ def test_bench_gpu_runs_at_the_small_size_on_cpu(tmp_path, capsys, monkeypatch):
     assert bench.main(["--small", "--variants", "fp32,bf16", "--seconds", "0.2", "--packs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for student in ("wan21-1.3b", "wan22-5b"):
-        assert f"## {student}:" in out
+        assert f"## {student}, bidirectional context:" in out
     rows = [line for line in out.splitlines() if line.startswith(("| fp32 |", "| bf16 |"))]
     assert len(rows) == 4
     for row in rows:
@@ -53,3 +53,16 @@ def test_the_profile_splits_a_denoiser_call_by_kind(tmp_path, capsys, monkeypatc
     assert "matmul" in line and "attention" in line and "%" in line
     assert "- **bf16-cudnn failed:** BackendUnavailableError: attention 'cudnn' runs on a CUDA GPU only" in out
     assert sum(x.startswith("| fp32 |") for x in out.splitlines()) == 1
+
+
+def test_a_block_causal_student_is_measured_beside_the_bidirectional_one(tmp_path, capsys, monkeypatch):
+    """1 s takes: three windows, so the context pass and the cached steps run (a 0.2 s take is one window)."""
+    bench = load_bench(monkeypatch)
+    assert bench.main(["--small", "--students", "wan21-1.3b", "--context", "bidirectional,block-causal",
+                       "--variants", "fp32", "--seconds", "1", "--repeats", "1", "--packs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for context in ("bidirectional", "block-causal"):
+        assert f"## wan21-1.3b, {context} context:" in out
+    rows = [line for line in out.splitlines() if line.startswith("| fp32 |")]
+    assert len(rows) == 2 and all(float(row.split("|")[2]) > 0 for row in rows)
+    assert bench.main(["--small", "--context", "sideways"]) == 2

@@ -120,7 +120,7 @@ def test_fp8_is_refused_where_it_cannot_run_with_the_reason(test_pack, cache_dir
     import engines.precision
     from previz.draft_graphs import build_denoiser_graph
 
-    graph, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
+    graph = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384).window
     with pytest.raises(BackendUnavailableError, match="compute capability 8.9") as err:
         create_engine("torch", graph, cache_dir, device="cpu", precision="fp8")
     assert err.value.field == "precision" and "use bf16" in err.value.message
@@ -144,7 +144,7 @@ def test_the_attention_kernel_is_chosen_per_engine_and_checked(test_pack, cache_
     from previz.draft_graphs import build_decoder_graph, build_denoiser_graph
 
     def denoiser(attention: str):
-        graph, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
+        graph = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384).window
         return graph, create_engine("torch", graph, cache_dir, device="cpu", attention=attention)
 
     def kernels(engine) -> set[str]:
@@ -185,8 +185,8 @@ def test_a_torch_engine_s_student_is_loaded_at_its_precision_with_the_weights_a_
     DraftModel(test_pack, "onnxruntime", cache_dir=cache_dir, text=text_encoder)
     # Only the denoiser: the decoder is small. onnxruntime exports the fp32 graph.
     assert [dtype for name, dtype in asked if name == "denoiser"] == [torch.bfloat16, torch.float32, None]
-    loaded, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384, dtype=torch.bfloat16)
-    cast, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
+    loaded = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384, dtype=torch.bfloat16).window
+    cast = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384).window
     cast_module(cast.module, torch.bfloat16)
     a, b = loaded.module.state_dict(), cast.module.state_dict()
     assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
@@ -200,7 +200,7 @@ def test_kernels_without_fp32_are_refused_for_an_fp32_engine_on_cuda(test_pack, 
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for kernel in ("cudnn", "flash"):
-        graph, _ = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384)
+        graph = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384).window
         with pytest.raises(BackendUnavailableError, match="takes bf16 or fp16") as err:
             create_engine("torch", graph, cache_dir, device="cuda", precision="fp32", attention=kernel)
         assert err.value.field == "attention"

@@ -121,14 +121,17 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, small: bool) ->
 
 
 class Synced:
-    """An engine whose run() returns only when the device is done, so stage times are the stage's own."""
+    """An engine whose run() returns only when the device is done, so stage times are the stage's own;
+    it counts its calls."""
 
     def __init__(self, engine: Any) -> None:
         self.engine, self.info, self.device = engine, engine.info, engine.device
+        self.calls = 0
 
     def run(self, inputs: Any) -> Any:
         out = self.engine.run(inputs)
         sync(self.device)
+        self.calls += 1
         return out
 
     def warmup(self) -> None:
@@ -138,11 +141,13 @@ class Synced:
         self.engine.close()
 
 
-def build_pack(student: Student, root: Path, width: int, height: int, text_tokens: int, decoder_channels: int) -> Any:
+def build_pack(student: Student, root: Path, width: int, height: int, text_tokens: int, decoder_channels: int,
+               context: str = "bidirectional") -> Any:
     from previz.pack_builder import build_draft_pack
     from previz.packs import MANIFEST_NAME, DraftDefaults, LatentLayout, load_pack
 
-    pack_dir = root / f"{student.name}-{width}x{height}-{text_tokens}-{decoder_channels}"
+    layers = student.transformer["num_layers"]
+    pack_dir = root / f"{student.name}-{layers}l-{context}-{width}x{height}-{text_tokens}-{decoder_channels}"
     if not (pack_dir / MANIFEST_NAME).is_file():
         latent = LatentLayout(space=f"bench-{student.name}", channels=student.channels, temporal=4,
                               spatial=student.spatial, causal_first_frame=True)
@@ -151,7 +156,7 @@ def build_pack(student: Student, root: Path, width: int, height: int, text_token
         print(f"building {student.name} (random weights) in {pack_dir} ...", file=sys.stderr, flush=True)
         build_draft_pack(pack_dir, pack_id=f"bench-{student.name}", latent=latent, draft=draft,
                          transformer=student.transformer, decoder_channels=decoder_channels, text_tokens=text_tokens,
-                         description="tools/bench_gpu.py: random weights, for timing only")
+                         context_attention=context, description="tools/bench_gpu.py: random weights, for timing only")
     return load_pack(str(pack_dir))
 
 
@@ -231,6 +236,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     sync(device)
     warmup_s = time.perf_counter() - start
     info = model.engine_info()
+    compile_s = sum(engine.info.details.get("compile_s", 0.0) for _, engine in model._engines())
 
     def take(seed: int) -> tuple[float, TakeStats]:
         """(wall seconds, stats) of one whole take."""
@@ -248,13 +254,21 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     takes = [take(i) for i in range(repeats + 1)][1:]
     # The split from one more take with every engine call synchronised, so each stage's time is its own
     # on an asynchronous device (those syncs cost a little fps, so this take's wall is reported beside it).
-    model.denoiser = Synced(model.denoiser)
+    dtype = torch_dtype(info["denoiser"]["precision"])
+    denoisers = [(Synced(model.denoiser), model.denoiser_graph)]
+    model.denoiser = denoisers[0][0]
+    if model.context_pass is not None and model.cached_step is not None:  # a block-causal student
+        denoisers += [(Synced(model.context_pass), model.denoiser_graphs.context),
+                      (Synced(model.cached_step), model.denoiser_graphs.cached)]
+        model.context_pass, model.cached_step = denoisers[1][0], denoisers[2][0]
     if isinstance(model.frame_decoder, EngineFrameDecoder):
         model.frame_decoder.engine = Synced(model.frame_decoder.engine)
     wall, split = take(repeats + 1)
-    denoise, decode, calls = split.denoise_s, split.decode_s, split.denoiser_calls
-    den_flop = graph_flop(model.denoiser_graph, device, torch_dtype(info["denoiser"]["precision"]))
-    profiled = profile_denoiser(model.denoiser.engine, model.denoiser_graph, device) if profile else None
+    denoise, decode, steps = split.denoise_s, split.decode_s, split.denoiser_calls
+    take_flop = sum(engine.calls * graph_flop(graph, device, dtype) for engine, graph in denoisers)
+    # The steady-state call: a block-causal student's cached step, else the whole window.
+    profiled_engine, profiled_graph = denoisers[-1]
+    profiled = profile_denoiser(profiled_engine.engine, profiled_graph, device) if profile else None
     fps = statistics.median(stats.frames / elapsed for elapsed, stats in takes)
     result = {
         "variant": variant,
@@ -266,9 +280,10 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         "denoise_s": denoise,
         "decode_s": decode,
         "other_s": max(0.0, wall - denoise - decode),
-        "denoise_tflops": calls * den_flop / max(denoise, 1e-9) / 1e12,
-        "denoise_call_ms": 1000 * denoise / max(calls, 1),
-        "compile_s": info["denoiser"].get("compile_s", 0.0) + info["decoder"].get("compile_s", 0.0),
+        "denoise_tflops": take_flop / max(denoise, 1e-9) / 1e12,
+        # Per denoising step, context passes included: a bidirectional student's time per denoiser call.
+        "denoise_step_ms": 1000 * denoise / max(steps, 1),
+        "compile_s": compile_s,
         "warmup_s": warmup_s,
         "load_s": load_s,
         "params_b": sum(p.numel() for p in model.denoiser_graph.module.parameters()) / 1e9,
@@ -285,6 +300,10 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="tiny students on the CPU at 128x64 (a quick check)")
+    parser.add_argument("--device", default=None, help="cuda (default) or cpu (the default with --small)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="blocks per student (default: the real model's 30): a full-width student on a CPU, "
+                             "cut to a depth it can run, still shows how a change scales per layer")
     parser.add_argument("--students", default=",".join(STUDENTS))
     parser.add_argument("--variants", default=None,
                         help=f"comma-separated, of {', '.join(VARIANTS)} (default: fp32,bf16,bf16-compiled on CUDA; "
@@ -293,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=None, help="default 480 (64 with --small)")
     parser.add_argument("--seconds", type=float, default=None, help="take length (default 4; 0.5 with --small)")
     parser.add_argument("--repeats", type=int, default=None, help="takes timed per variant (default 3; 1 --small)")
+    parser.add_argument("--context", default="bidirectional",
+                        help="comma-separated, of bidirectional and block-causal: how each student's window treats "
+                             "its context frame (block-causal: keys and values computed once per window)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one denoiser call per variant: time by kind (matmul, attention, other) "
                              "and the top kernels")
@@ -300,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the random students are built and kept (default: a temporary directory)")
     args = parser.parse_args(argv)
 
-    device = torch.device("cpu" if args.small else "cuda")
+    device = torch.device(args.device or ("cpu" if args.small else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench_gpu: no CUDA GPU here; run with --small for the CPU check", file=sys.stderr)
         return 2
@@ -312,10 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     students = args.students.split(",")
     unknown += [s for s in students if s not in STUDENTS]
+    contexts = args.context.split(",")
+    unknown += [c for c in contexts if c not in ("bidirectional", "block-causal")]
     if unknown:
         print(f"bench_gpu: unknown variant or student {', '.join(unknown)}", file=sys.stderr)
         return 2
     table = SMALL_STUDENTS if args.small else STUDENTS
+    if args.layers:
+        table = {name: dataclasses.replace(s, transformer={**s.transformer, "num_layers": args.layers})
+                 for name, s in table.items()}
 
     from engines.precision import torch_dtype
     from previz.text import TextEncoder
@@ -326,12 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         peaks = {dtype: matmul_peak_tflops(device, dtype, args.small)
                  for dtype in (torch.float32, torch.bfloat16, torch.float16)}
         print(f"# bench_gpu: {machine(device)}\n")
+        if args.layers:
+            print(f"- students cut to {args.layers} layers.")
         print(f"- {width}x{height} at {FPS} fps, {seconds:g} s takes, 4 steps, window 4 with 1 context frame, "
               f"median of {repeats} takes after one warm take.")
         print("- matmul peak (measured): "
               + ", ".join(f"{str(k).removeprefix('torch.')} {v:.2f} TFLOP/s" for k, v in peaks.items()))
-        for name in students:
-            pack = build_pack(table[name], packs, width, height, *((16, 8) if args.small else (512, 64)))
+        for name, context in [(n, c) for n in students for c in contexts]:
+            pack = build_pack(table[name], packs, width, height, *((16, 8) if args.small else (512, 64)),
+                              context=context)
             text = TextEncoder(pack, device=device)  # bf16 on CUDA, shared by every variant (its cache too)
             unit, scale = ("GFLOP/s", 1e3) if args.small else ("TFLOP/s", 1.0)
             profiles: list[tuple[str, Any]] = []
@@ -350,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
                 if len(profiles) == 1:
                     params = r["params_b"]
                     size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
-                    print(f"\n## {name}: {size}-parameter denoiser\n")
+                    print(f"\n## {name}, {context} context: {size}-parameter denoiser\n")
                     print("| variant | fps | realtime | time to first frame | synced take: denoise / decode / rest (s) "
-                          f"| denoiser call | denoiser {unit} (of peak) | compile | peak memory |")
+                          f"| denoise per step | denoiser {unit} (of peak) | compile | peak memory |")
                     print("|---|---|---|---|---|---|---|---|---|")
                 # Against the peak of the dtype the engine computes at: fp8 against bf16's (its attention and
                 # small layers stay bf16, so its share of that peak can pass 100%).
@@ -361,14 +391,14 @@ def main(argv: list[str] | None = None) -> int:
                 compile_ = f"{r['compile_s']:.1f} s" if r["compile_s"] else "-"
                 print(f"| {r['variant']} | {r['fps']:.1f} | {r['rtf']:.2f}x | {r['ttff_ms']:.0f} ms | "
                       f"{r['denoise_s']:.2f} / {r['decode_s']:.2f} / {r['other_s']:.2f} of {r['wall_s']:.2f} | "
-                      f"{r['denoise_call_ms']:.1f} ms | {r['denoise_tflops'] * scale:.2f} "
+                      f"{r['denoise_step_ms']:.1f} ms | {r['denoise_tflops'] * scale:.2f} "
                       f"({100 * r['denoise_tflops'] / peak:.0f}%)"
                       f" | {compile_} | {memory} |", flush=True)
             for variant, profile in profiles:
                 if profile is not None:
                     print_profile(variant, profile)
             if failures:
-                print(f"\n{name}:\n" + "\n".join(failures), flush=True)
+                print(f"\n{name}, {context} context:\n" + "\n".join(failures), flush=True)
     return 0
 
 

@@ -10,6 +10,9 @@ Stages, each resumable from the checkpoint in ``--run`` (safetensors plus
    blockout control as channels and MiniLM caption states, trained by flow
    matching on windows exactly as the sampler streams them: a take's first
    window from noise, later windows with a clean context frame at timestep 0.
+   ``--context-attention block-causal`` trains the context to attend only to
+   itself (the mask ``previz.causal_context`` turns into a cached context at
+   draft time); a bidirectional run or pack can be fine-tuned into one.
 
 Clips come from :mod:`previz.backlot` (seeded random scenes and camera moves),
 rendered on the training device into a pool that is refreshed as it trains.
@@ -39,6 +42,7 @@ from safetensors.torch import load_file, save_file
 
 from previz.atomic import atomic_path, atomic_write
 from previz.backlot import random_shot, render_shot
+from previz.causal_context import block_causal_mask, install
 from previz.pack_builder import (
     BACKLOT_CONTROL_SCALE,
     BACKLOT_DECODER_CHANNELS,
@@ -79,6 +83,7 @@ class Config:
     ema: float = 0.999
     shift: float = 5.0  # where training puts its noise levels: as the sampler's shifted schedule
     text_dropout: float = 0.25  # captions are blank this often (the control alone must carry the shot)
+    context_attention: str = "bidirectional"  # or "block-causal" (previz.causal_context)
 
     @property
     def width(self) -> int:
@@ -266,6 +271,9 @@ class Trainer:
         if (run / "ae.safetensors").exists():
             load_checkpoint(run / "ae.safetensors", self.ae, self.ae_opt, None, self.state["ae"]["steps"])
         self.denoiser = self._new_denoiser().to(device)
+        # A block-causal student trains under the mask that its cached context reproduces at draft time.
+        self.slot = install(self.denoiser) if cfg.context_attention == "block-causal" else None
+        self.state["config"]["context_attention"] = cfg.context_attention
         self.ema = self._new_denoiser().to(device)
         self.ema.load_state_dict(self.denoiser.state_dict())
         self.ema.requires_grad_(False)
@@ -396,8 +404,12 @@ class Trainer:
         text = pool.text[idx]
         drop = torch.rand(b, generator=self.generator).to(self.device) < cfg.text_dropout
         text = torch.where(drop[:, None, None], self.captions([""]).expand_as(text), text)
+        if self.slot is not None:
+            self.slot.use("masked", mask=block_causal_mask(ctx, f, tokens))
         with self._ctx():
             v = self.denoiser(torch.cat([xt, camera, control], 1), timesteps, text, return_dict=False)[0]
+        if self.slot is not None:
+            self.slot.use("full")  # autograd keeps the mask it needs
         mask = (~is_context).float()[:, None, :, None, None]
         loss = ((v.float() - (noise - x0)) ** 2 * mask).sum() / (mask.sum() * x0.shape[1] * h * w)
         step = self.state["denoiser"]["steps"]
@@ -468,6 +480,7 @@ class Trainer:
         save_draft_pack(root, pack_id=BACKLOT_PACK_ID, latent=self.cfg.latent, draft=self.cfg.draft,
                         denoiser=denoiser.eval(), decoder=ae.eval(), text_tokens=self.cfg.text_tokens, camera=True,
                         control_scale=self.cfg.control_scale, trained=True,
+                        context_attention=self.cfg.context_attention,
                         description="Trained by previz on procedurally rendered blockout scenes "
                                     "(tools/train_backlot.py): follows the scene blockout and camera; "
                                     "looks like a lit grey-box previz.",
@@ -496,9 +509,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-pack", type=Path, default=None,
                         help="start a new --run from a trained pack (e.g. previz/packs_builtin/previz-backlot)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context-attention", choices=("bidirectional", "block-causal"), default=None,
+                        help="how a window's context frames attend (default: the run's, else bidirectional); "
+                             "block-causal lets a draft compute the context once per window")
     args = parser.parse_args(argv)
 
     cfg = tiny_config() if args.tiny else Config()
+    state_path = args.run / "state.json"
+    recorded = json.loads(state_path.read_text())["config"].get("context_attention") if state_path.exists() else None
+    cfg.context_attention = args.context_attention or recorded or cfg.context_attention
     for name in ("batch", "ae_batch", "pool", "refresh"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
