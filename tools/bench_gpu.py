@@ -143,20 +143,37 @@ class Synced:
 
 def build_pack(student: Student, root: Path, width: int, height: int, text_tokens: int, decoder_channels: int,
                context: str = "bidirectional") -> Any:
+    """The student's random pack; a block-causal one is the bidirectional pack's files (hard links: the same
+    weights, built once) under a manifest that says block-causal."""
     from previz.pack_builder import build_draft_pack
-    from previz.packs import MANIFEST_NAME, DraftDefaults, LatentLayout, load_pack
+    from previz.packs import MANIFEST_NAME, DraftDefaults, LatentLayout, load_pack, write_manifest
 
     layers = student.transformer["num_layers"]
     pack_dir = root / f"{student.name}-{layers}l-{context}-{width}x{height}-{text_tokens}-{decoder_channels}"
-    if not (pack_dir / MANIFEST_NAME).is_file():
-        latent = LatentLayout(space=f"bench-{student.name}", channels=student.channels, temporal=4,
-                              spatial=student.spatial, causal_first_frame=True)
-        draft = DraftDefaults(width=width, height=height, fps=FPS, steps=4, shift=5.0, context_frames=1,
-                              window_frames=4, max_seconds=20.0, size_multiple=student.size_multiple)
-        print(f"building {student.name} (random weights) in {pack_dir} ...", file=sys.stderr, flush=True)
-        build_draft_pack(pack_dir, pack_id=f"bench-{student.name}", latent=latent, draft=draft,
-                         transformer=student.transformer, decoder_channels=decoder_channels, text_tokens=text_tokens,
-                         context_attention=context, description="tools/bench_gpu.py: random weights, for timing only")
+    if (pack_dir / MANIFEST_NAME).is_file():
+        return load_pack(str(pack_dir))
+    if context != "bidirectional":
+        pack = build_pack(student, root, width, height, text_tokens, decoder_channels)
+        for path in sorted(pack.root.rglob("*")):
+            target = pack_dir / path.relative_to(pack.root)
+            if path.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif path.name != MANIFEST_NAME:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, target)
+        assert pack.conditioning.context is not None
+        conditioning = dataclasses.replace(
+            pack.conditioning, context=dataclasses.replace(pack.conditioning.context, attention=context))
+        write_manifest(dataclasses.replace(pack, root=pack_dir, conditioning=conditioning))
+        return load_pack(str(pack_dir))
+    latent = LatentLayout(space=f"bench-{student.name}", channels=student.channels, temporal=4,
+                          spatial=student.spatial, causal_first_frame=True)
+    draft = DraftDefaults(width=width, height=height, fps=FPS, steps=4, shift=5.0, context_frames=1,
+                          window_frames=4, max_seconds=20.0, size_multiple=student.size_multiple)
+    print(f"building {student.name} (random weights) in {pack_dir} ...", file=sys.stderr, flush=True)
+    build_draft_pack(pack_dir, pack_id=f"bench-{student.name}", latent=latent, draft=draft,
+                     transformer=student.transformer, decoder_channels=decoder_channels, text_tokens=text_tokens,
+                     description="tools/bench_gpu.py: random weights, for timing only")
     return load_pack(str(pack_dir))
 
 
@@ -350,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="previz-bench-gpu-") as tmp:
         packs = args.packs or Path(tmp) / "packs"
         cache_dir = Path(tmp) / "cache" if args.packs is None else args.packs / "cache"
-        peaks = {dtype: matmul_peak_tflops(device, dtype, args.small)
+        peaks = {dtype: matmul_peak_tflops(device, dtype, small=device.type == "cpu")
                  for dtype in (torch.float32, torch.bfloat16, torch.float16)}
         print(f"# bench_gpu: {machine(device)}\n")
         if args.layers:

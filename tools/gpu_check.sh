@@ -31,7 +31,8 @@ python3 -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', t
 # TensorRT and onnxruntime-gpu cannot be installed there: their tests are left out, not counted as passing.
 if [ "$tests_s" != 0 ]; then
   timeout "$tests_s" python3 -m pytest -q -p no:cacheprovider -m gpu -k "not tensorrt and not onnxruntime_uses" \
-    tests/test_device_path.py tests/test_engines.py tests/test_final_vsr.py tests/test_text.py 2>&1 | tee "$out/gpu_tests.log"
+    tests/test_device_path.py tests/test_engines.py tests/test_final_vsr.py tests/test_text.py \
+    tests/test_causal_context.py 2>&1 | tee "$out/gpu_tests.log"
 fi
 [ $# -gt 0 ] && python3 tools/bench_gpu.py --packs /tmp/bench-packs "$@" 2>&1 | tee "$out/bench_gpu.log"
 ls -la "$out"
