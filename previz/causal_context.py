@@ -38,7 +38,7 @@ class ContextSlot:
     - ``masked``: attention under ``mask`` [B, 1, S, S] (True: may attend), for training;
     - ``record``: plain attention, and each layer's keys and values are kept in ``recorded``;
     - ``attend``: the tokens are the new frames, placed ``frame_offset`` latent frames into the window,
-      and attend to ``kv`` [layers, 2, B, S_context, heads, head_dim] followed by themselves.
+      and attend to ``kv`` [layers, 2, B, S_context, heads * head_dim] followed by themselves.
     """
 
     mode: str = "full"
@@ -68,22 +68,30 @@ def _processor_class() -> Any:
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
     class ContextAttnProcessor(WanAttnProcessor):  # type: ignore[misc]
-        """Self-attention of one layer, in the slot's mode; ``_attention_backend`` picks the kernel."""
+        """Self-attention of one layer, in the slot's mode; ``_attention_backend`` picks the kernel.
 
-        def __init__(self, layer: int, slot: ContextSlot) -> None:
+        Keys and values are kept as [B, S, heads * head_dim] (the projections' own layout), so the same
+        cache serves this processor and its ONNX-native twin (:meth:`onnx_native`).
+        """
+
+        def __init__(self, layer: int, slot: ContextSlot, native: bool = False) -> None:
             super().__init__()
             self.layer = layer
             self.slot = slot
+            self.native = native
+
+        def onnx_native(self) -> Any:
+            """The same processor on ONNX opset 23's RotaryEmbedding and Attention ops (``previz.wan_onnx``)."""
+            return type(self)(self.layer, self.slot, native=True)
 
         def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                      attention_mask: torch.Tensor | None = None,
                      rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
             slot = self.slot
             q, k, v = _get_qkv_projections(attn, hidden_states, None)  # type: ignore[arg-type]
-            q, k = attn.norm_q(q), attn.norm_k(k)
-            q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))  # [B, S, heads, head_dim]
+            q, k = attn.norm_q(q), attn.norm_k(k)  # [B, S, heads * head_dim]
             if rotary_emb is not None:
-                q, k = rotate(q, *rotary_emb), rotate(k, *rotary_emb)
+                q, k = self._rotate(attn, q, rotary_emb), self._rotate(attn, k, rotary_emb)
             mask = None
             if slot.mode == "record":
                 slot.recorded.append(torch.stack([k, v]))
@@ -93,10 +101,26 @@ def _processor_class() -> Any:
                 v = torch.cat([slot.kv[self.layer, 1].to(v.dtype), v], dim=1)
             elif slot.mode == "masked":
                 mask = slot.mask
+            out = self._attend(attn, q, k, v, mask).type_as(q)
+            return attn.to_out[1](attn.to_out[0](out))  # type: ignore[no-any-return]
+
+        def _rotate(self, attn: Any, x: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            freqs_cos, freqs_sin = rotary_emb  # [1, S, 1, head_dim], each pair repeated
+            if self.native:
+                cos = freqs_cos[..., 0::2].flatten(1, 2).expand(x.shape[0], -1, -1)  # [B, S, head_dim / 2]
+                sin = freqs_sin[..., 1::2].flatten(1, 2).expand(x.shape[0], -1, -1)
+                return torch.onnx.ops.rotary_embedding(x, cos, sin, interleaved=True, num_heads=attn.heads)
+            return rotate(x.unflatten(2, (attn.heads, -1)), freqs_cos, freqs_sin).flatten(2, 3)
+
+        def _attend(self, attn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None) -> torch.Tensor:
+            if self.native:
+                return torch.onnx.ops.attention(q, k, v, mask, q_num_heads=attn.heads,  # type: ignore[no-any-return]
+                                                kv_num_heads=attn.heads)[0]
+            q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))  # [B, S, heads, head_dim]
             out = dispatch_attention_fn(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False,
                                         backend=self._attention_backend)
-            out = out.flatten(2, 3).type_as(q)
-            return attn.to_out[1](attn.to_out[0](out))  # type: ignore[no-any-return]
+            return out.flatten(2, 3)  # type: ignore[no-any-return]
 
     return ContextAttnProcessor
 
@@ -152,7 +176,7 @@ def block_causal_mask(context_frames: torch.Tensor, frames: int, tokens_per_fram
 
 class ContextPass(nn.Module):
     """The context's own pass: the denoiser's inputs for the context frames in, every layer's keys and
-    values out, [layers, 2, 1, S_context, heads, head_dim]."""
+    values out, [layers, 2, 1, S_context, heads * head_dim]."""
 
     def __init__(self, denoiser: nn.Module, slot: ContextSlot) -> None:
         super().__init__()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from previz.drafts_cli import add_drafts_parser, add_output_flags
-from previz.errors import BackendUnavailableError, PrevizError, UnknownPackError, engine_errors
+from previz.errors import PrevizError, UnknownPackError, engine_errors
 from previz.jobs_cli import add_jobs_parser
 from previz.pack_cli import add_pack_parser
 from previz.recipe import DEFAULT_PACK, Recipe
@@ -56,17 +56,6 @@ def open_pack(ref: str, say: Callable[[str], None]) -> Any:
         _quiet_libraries()
         pack = ensure_tiny_pack(user_packs_dir() / TINY_PACK_ID, say)
     return pack
-
-
-def _backend_for(pack: Any, name: str) -> str:
-    """``--backend`` resolved for this pack: ``auto`` runs a block-causal student on torch, the one backend
-    that caches its context (``previz.causal_context``); elsewhere, engines' own choice."""
-    from engines import resolve_backend
-
-    context = pack.conditioning.context
-    if name == "auto" and context is not None and context.cached:
-        return "torch"
-    return resolve_backend(name)
 
 
 def untrained_note(pack: Any) -> None:
@@ -121,11 +110,12 @@ def cmd_draft(args: argparse.Namespace) -> int:
 def _render_draft(args: argparse.Namespace, recipe: Recipe, output: Path, store: Any, draft_id: str | None) -> int:
     from tqdm import tqdm
 
+    from engines import resolve_backend
     from previz.recipe import frame_count, resolve
 
     pack = open_pack(args.pack, _say)
     recipe = resolve(dataclasses.replace(recipe, camera=camera_spec(args, pack)), pack)
-    recipe = dataclasses.replace(recipe, backend=_backend_for(pack, recipe.backend))
+    recipe = dataclasses.replace(recipe, backend=resolve_backend(recipe.backend))
     # Imported only now, so that every error above comes at once (diffusers and torch take seconds).
     _quiet_libraries()
     from previz.take import DraftModel, TakeStats
@@ -261,14 +251,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)  # before anything heavy loads (seconds): a taken port is said at once
     import asyncio
 
-    from engines import available_backends
+    from engines import available_backends, resolve_backend
     from previz.drafts import DraftStore, default_store_root
     from previz.server import ServeConfig, run
     from previz.session import SessionLimits
     from previz.take import DraftModel
 
     pack = open_pack(args.pack, _say)
-    backend = _backend_for(pack, args.backend)
+    backend = resolve_backend(args.backend)
     _quiet_libraries()
     untrained_note(pack)
     model = DraftModel(pack, backend, **engine_options(args))
@@ -365,14 +355,10 @@ def _draft_graphs(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     tokens, dim = text_shape(pack)
     assert recipe.width and recipe.height
     graphs = build_denoiser_graph(pack, recipe.width, recipe.height, text_tokens=tokens, text_dim=dim)
-    if graphs.context is not None:
-        raise BackendUnavailableError(f"pack {pack.id!r} has a block-causal student, which only the torch backend "
-                                      "runs: there is nothing to export for ONNX Runtime or TensorRT",
-                                      field="pack", value=pack.id)
-    denoiser = graphs.window
+    denoisers = [g for g in (graphs.window, graphs.context, graphs.cached) if g is not None]
     if streams_with_vae(pack):  # an imported checkpoint decodes with its own VAE, in torch: no decoder graph
-        return pack, [denoiser]
-    return pack, [denoiser, build_decoder_graph(pack, recipe.width, recipe.height)]
+        return pack, denoisers
+    return pack, [*denoisers, build_decoder_graph(pack, recipe.width, recipe.height)]
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -180,15 +180,17 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
         return DenoiserGraphs(graph("denoiser", module, inputs(frames), "velocity",
                                     for_export=lambda opset: onnx_friendly(module, opset)), tokens)
     ctx = pack.draft.context_frames
-    attn = transformer.blocks[0].attn1
-    kv = (len(transformer.blocks), 2, 1, ctx * tokens, attn.heads, attn.inner_dim // attn.heads)
-    # No ONNX export: the keys and values are not yet exportable graph inputs (DraftModel says so).
+    kv = (len(transformer.blocks), 2, 1, ctx * tokens, transformer.blocks[0].attn1.inner_dim)
+    whole, context_pass = WholeWindow(module, slot), ContextPass(module, slot)
+    cached_step = CachedStep(module, slot, ctx)
     return DenoiserGraphs(
-        window=graph("denoiser", WholeWindow(module, slot).eval(), inputs(frames), "velocity"),
+        window=graph("denoiser", whole.eval(), inputs(frames), "velocity",
+                     for_export=lambda opset: onnx_friendly(whole, opset)),
         tokens_per_frame=tokens,
-        context=graph("denoiser_context", ContextPass(module, slot).eval(), inputs(ctx), "kv"),
-        cached=graph("denoiser_cached", CachedStep(module, slot, ctx).eval(), {**inputs(frames - ctx), "kv": kv},
-                     "velocity"),
+        context=graph("denoiser_context", context_pass.eval(), inputs(ctx), "kv",
+                      for_export=lambda opset: onnx_friendly(context_pass, opset)),
+        cached=graph("denoiser_cached", cached_step.eval(), {**inputs(frames - ctx), "kv": kv}, "velocity",
+                     for_export=lambda opset: onnx_friendly(cached_step, opset)),
     )
 
 

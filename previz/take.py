@@ -35,7 +35,7 @@ from previz.blockout import control as blockout_control
 from previz.blockout import control_latent, poses_to_tensors, single_threaded
 from previz.camera import camera_path, plucker_latent
 from previz.draft_graphs import build_decoder_graph, build_denoiser_graph, camera_channels, control_spec
-from previz.errors import BackendUnavailableError, engine_errors
+from previz.errors import engine_errors
 from previz.frame_decoder import EngineFrameDecoder, FrameDecoder, VAEFrameDecoder, streams_with_vae
 from previz.packs import Pack, previz_home
 from previz.recipe import Recipe, frame_count, resolve
@@ -115,10 +115,6 @@ class DraftModel:
                                       dtype=load_dtype)
         self.denoiser_graphs = graphs
         self.denoiser_graph, self.tokens_per_frame = graphs.window, graphs.tokens_per_frame
-        if graphs.context is not None and backend != "torch":
-            raise BackendUnavailableError(
-                f"pack {pack.id!r} has a block-causal student, whose context keys and values only the torch "
-                f"backend runs: use --backend torch (or auto), not {backend}", field="backend", value=backend)
         with engine_errors():
             self.denoiser: Engine = create_engine(backend, self.denoiser_graph, self.cache_dir, **engine_options)
             # A block-causal student's two other graphs, on the same weights (previz.causal_context).

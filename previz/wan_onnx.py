@@ -58,5 +58,7 @@ def onnx_friendly(module: torch.nn.Module, opset: int) -> torch.nn.Module:
     attentions: list[Any] = [m for m in module.modules() if convertible(m)]
     for attn in attentions:
         attn.fuse_projections()  # one QKV GEMM for self-attention, one KV GEMM for cross-attention
-        attn.set_processor(_processor())
+        # A block-causal student's self-attention keeps its mode and cache (previz.causal_context).
+        native = getattr(attn.processor, "onnx_native", None)
+        attn.set_processor(native() if native is not None else _processor())
     return module

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from conftest import TEST_PACK, TEST_TRANSFORMER, make_test_pack
 
 from previz.causal_context import block_causal_mask, install
 from previz.draft_graphs import build_denoiser_graph
-from previz.errors import BackendUnavailableError, PackError
+from previz.errors import PackError
 from previz.packs import MANIFEST_NAME, load_pack
 from previz.recipe import Recipe
 
@@ -141,12 +142,40 @@ def test_a_take_runs_the_context_once_per_window_and_resumes(causal_pack, cache_
     assert all(torch.equal(a, b) for a, b in zip(latents[2:], rest, strict=True))
 
 
-def test_onnx_runtime_is_refused_with_a_typed_error_naming_torch(causal_pack, cache_dir, text_encoder):
+def test_onnx_runtime_runs_a_block_causal_take_as_torch_does(causal_pack, cache_dir, text_encoder):
+    """Opset 23's native RotaryEmbedding and Attention ops, with the keys and values as a graph output and
+    input: the same latents as torch's take."""
     from previz.take import DraftModel
 
-    with pytest.raises(BackendUnavailableError, match="torch") as info:
-        DraftModel(causal_pack, "onnxruntime", cache_dir=cache_dir, text=text_encoder)
-    assert info.value.field == "backend"
+    recipe = Recipe(prompt="a red cube", seed=5, seconds=1.0, camera={"preset": "orbit_left"})
+    latents = {}
+    for backend in ("torch", "onnxruntime"):
+        model = DraftModel(causal_pack, backend, cache_dir=cache_dir, text=text_encoder, device="cpu")
+        kept: list[torch.Tensor] = []
+        list(model.generate(recipe, on_chunk=lambda _c, k, kept=kept: kept.append(torch.from_numpy(k))))
+        latents[backend] = torch.cat(kept, dim=2)
+        assert model.context_pass is not None and model.context_pass.info.backend == backend
+    assert torch.allclose(latents["onnxruntime"], latents["torch"], atol=1e-4)
+
+
+def test_tensorrt_s_onnx_of_the_cached_graphs_computes_what_torch_does(graphs, cache_dir):
+    """TensorRT's export (opset 18, plain ops), checked where TensorRT cannot run: in ONNX Runtime."""
+    import onnxruntime as ort
+
+    from engines.export import OPSET, export_onnx
+
+    ctx, tokens = 1, graphs.tokens_per_frame
+    head, tail = split(window_inputs(graphs, ctx), ctx, tokens)
+    with torch.inference_mode():
+        kv = graphs.context.module(*head.values())
+        velocity = graphs.cached.module(*tail.values(), kv)
+    outputs = {}
+    for graph, inputs in ((graphs.context, head), (graphs.cached, {**tail, "kv": kv})):
+        session = ort.InferenceSession(str(export_onnx(graph, cache_dir, opset=OPSET)),
+                                       providers=["CPUExecutionProvider"])
+        outputs[graph.name] = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    assert np.allclose(outputs["denoiser_context"], kv.numpy(), atol=1e-4)
+    assert np.allclose(outputs["denoiser_cached"], velocity.numpy(), atol=1e-4)
 
 
 def test_an_unknown_context_attention_is_a_pack_error(tmp_path):
@@ -160,8 +189,7 @@ def test_an_unknown_context_attention_is_a_pack_error(tmp_path):
         load_pack(str(root))
 
 
-def test_the_cli_drafts_a_block_causal_pack_on_auto(causal_pack, tmp_path):
-    """On a CPU, auto would pick ONNX Runtime; for this pack it picks torch, the backend that runs it."""
+def test_the_cli_drafts_a_block_causal_pack(causal_pack, tmp_path):
     from conftest import run_cli
 
     out = tmp_path / "take.mp4"
@@ -198,8 +226,6 @@ def test_a_compiled_take_traces_each_graph_once(causal_pack, cache_dir, text_enc
 
 @pytest.mark.gpu
 def test_on_cuda_compiled_equals_eager_and_a_cached_window_never_waits(causal_pack, cache_dir, text_encoder):
-    import numpy as np
-
     from previz.take import DraftModel, Take
 
     eager = DraftModel(causal_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda", compile=False)

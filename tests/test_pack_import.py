@@ -57,7 +57,8 @@ def test_import_reads_the_layout_text_and_shift_from_the_configs_and_copies_no_w
                                   "spatial": spatial, "causal_first_frame": True}
     assert manifest["latent"]["space"].startswith(f"wan-vae-z{channels}-")
     assert manifest["conditioning"] == {"text": {"encoder": "UMT5EncoderModel", "dim": 32, "tokens": 16},
-                                        "context": {"kind": "clean-latent-frames", "frames": 1}}
+                                        "context": {"kind": "clean-latent-frames", "frames": 1,
+                                                    "attention": "bidirectional"}}  # real Wan: every token sees all
     assert manifest["draft"]["shift"] == shift and manifest["draft"]["fps"] == fps
     assert manifest["draft"]["size_multiple"] == spatial * 2  # VAE cell x the transformer's 2x2 patch
     assert manifest["components"]["decoder"] == {**manifest["components"]["decoder"], "class": "AutoencoderKLWan",
