@@ -85,7 +85,8 @@ def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
             if any(part in keep for part in name.split(".")):
                 kept.add(id(tensor))
     for tensor in module.state_dict(keep_vars=True).values():
-        if torch.is_floating_point(tensor):
+        # Plain tensors only: a weight quantized by an engine that shares it (torchao's fp8) stays as it is.
+        if type(tensor) in (torch.Tensor, torch.nn.Parameter) and torch.is_floating_point(tensor):
             tensor.data = tensor.data.to(torch.float32 if id(tensor) in kept else dtype)
     return module
 
@@ -108,7 +109,7 @@ def check_fp8(device: torch.device) -> None:
 
 
 def quantize_fp8(module: torch.nn.Module, device: torch.device) -> int:
-    """Quantize ``module``'s large bf16 linear layers to float8 in place (torchao); how many it took.
+    """Quantize ``module``'s large bf16 linear layers to float8 in place (torchao); how many are fp8 now.
 
     Dynamic, per-row scales for the activations and the weights: torchao's recipe for inference with
     no calibration data.  Left in bf16: layers kept in fp32 (see :func:`cast_module`), layers too small
@@ -121,15 +122,17 @@ def quantize_fp8(module: torch.nn.Module, device: torch.device) -> int:
     check_fp8(device)
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    def large(layer: torch.nn.Module, name: str) -> bool:
-        # type(weight) is a torchao tensor once quantized: graphs that share one set of weights (a
-        # block-causal student's three) reach this once per engine, and a layer is quantized once.
-        return (isinstance(layer, torch.nn.Linear) and type(layer.weight) in (torch.Tensor, torch.nn.Parameter)
-                and layer.weight.dtype == torch.bfloat16
+    def linear(layer: torch.nn.Module, name: str) -> bool:
+        return (isinstance(layer, torch.nn.Linear) and layer.weight.dtype == torch.bfloat16
                 and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
                 and min(layer.in_features, layer.out_features) >= 256 and "embed" not in name)
 
-    count = sum(1 for name, layer in module.named_modules() if large(layer, name))
+    def large(layer: torch.nn.Module, name: str) -> bool:
+        # type(weight) is a torchao tensor once quantized: graphs that share one set of weights (a
+        # block-causal student's three) reach this once per engine, and a layer is quantized once.
+        return linear(layer, name) and type(layer.weight) in (torch.Tensor, torch.nn.Parameter)
+
+    count = sum(1 for name, layer in module.named_modules() if linear(layer, name))
     # set_inductor_config=False: torchao would otherwise switch inductor options for the whole process,
     # and every later compile (the decoder's, another engine's) would run with them.
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False),

@@ -16,7 +16,8 @@ block-causal mask (tests/test_causal_context.py), and training uses that mask.
 The mechanism is diffusers' extension point for this: a processor on each self-attention (``attn1``), as
 diffusers' own Flux2 Klein KV pipeline caches its reference images.  One :class:`ContextSlot` per
 transformer says what the processors do on the next call.  Every graph sets the whole slot before it runs
-the transformer (:meth:`ContextSlot.use`), so a call that failed half way leaves nothing stale for the next.
+the transformer (:meth:`ContextSlot.use`), so a call that failed half way leaves no mode behind for the next;
+``DraftModel`` also lets go of the keys and values such a call leaves in the slot.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ MODES = ("full", "masked", "record", "attend")
 @dataclass
 class ContextSlot:
     """What every layer's self-attention does on the transformer's next call.
+
+    One per transformer, so one call at a time: a draft model's takes all run on its one generation
+    thread (``previz.worker``), and its graphs run one after another.
 
     - ``full``: plain attention over the tokens given (stock diffusers);
     - ``masked``: attention under ``mask`` [B, 1, S, S] (True: may attend), for training;

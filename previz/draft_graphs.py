@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from engines.graphs import Graph
-from previz.causal_context import CachedStep, ContextPass, WholeWindow, install
+from previz.causal_context import CachedStep, ContextPass, ContextSlot, WholeWindow, install
 from previz.errors import PackError
 from previz.packs import ControlConditioning, Pack, load_component
 from previz.wan_onnx import onnx_friendly
@@ -121,6 +121,7 @@ class DenoiserGraphs:
     tokens_per_frame: int
     context: Graph | None = None
     cached: Graph | None = None
+    slot: ContextSlot | None = None  # what the three say to the torch module they share
 
 
 def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: int, text_dim: int,
@@ -191,6 +192,7 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
                       for_export=lambda opset: onnx_friendly(context_pass, opset)),
         cached=graph("denoiser_cached", cached_step.eval(), {**inputs(frames - ctx), "kv": kv}, "velocity",
                      for_export=lambda opset: onnx_friendly(cached_step, opset)),
+        slot=slot,
     )
 
 

@@ -16,6 +16,7 @@ device from end to end; a frame leaves it once, as uint8, for the encoders
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import importlib.metadata
 import threading
@@ -298,7 +299,7 @@ class DraftModel:
         inputs = {"latents": context, "text": prompt_states,
                   "timesteps": torch.zeros(1, n_ctx * self.tokens_per_frame, device=context.device),
                   **{name: value[:, :, :n_ctx] for name, value in extra.items()}}
-        with engine_errors():
+        with self._releasing_context(), engine_errors():
             kv = context_pass.run(inputs)["kv"]
         stats.context_calls += 1
         stats.denoise_s += time.perf_counter() - start
@@ -306,13 +307,24 @@ class DraftModel:
 
         def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             start = time.perf_counter()
-            with engine_errors():
+            with self._releasing_context(), engine_errors():
                 velocity = cached_step.run({"latents": x, "timesteps": t, **conditioning})["velocity"]
             stats.denoiser_calls += 1
             stats.denoise_s += time.perf_counter() - start
             return velocity
 
         return model
+
+    @contextlib.contextmanager
+    def _releasing_context(self) -> Iterator[None]:
+        """A torch graph that fails half way (out of memory) leaves the shared slot holding the keys and
+        values it was given or recording: let them go, so that the memory can be handed back."""
+        try:
+            yield
+        except BaseException:
+            if self.denoiser_graphs.slot is not None:
+                self.denoiser_graphs.slot.use("full")
+            raise
 
     def generate(
         self,

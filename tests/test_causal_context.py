@@ -142,6 +142,46 @@ def test_a_take_runs_the_context_once_per_window_and_resumes(causal_pack, cache_
     assert all(torch.equal(a, b) for a, b in zip(latents[2:], rest, strict=True))
 
 
+def test_a_cached_take_makes_the_latents_of_whole_windows_under_the_mask(tmp_path, cache_dir, text_encoder,
+                                                                           monkeypatch):
+    """The take-level reference, on a pack with camera *and* blockout control: the same take run as whole
+    windows under the block-causal mask (the cached path switched off) makes the same latents.  So the
+    context's conditioning, timesteps and keys reach the right frames; guidance runs one pass per prompt."""
+    from conftest import TEST_DRAFT, TEST_LATENT
+
+    from previz.causal_context import WholeWindow
+    from previz.pack_builder import build_draft_pack
+    from previz.take import DraftModel
+
+    pack = build_draft_pack(tmp_path / "ctl", pack_id="ctl", latent=TEST_LATENT, draft=TEST_DRAFT,
+                            transformer=TEST_TRANSFORMER, decoder_channels=8, text_tokens=16, seed=7,
+                            control_scale=2, context_attention="block-causal")
+    recipe = Recipe(prompt="two red boxes left of a blue pillar on sand", seed=9, seconds=1.0,
+                    camera={"preset": "orbit_left"}, guidance=2.0, negative_prompt="fog")
+
+    def take(model: DraftModel) -> torch.Tensor:
+        kept: list[torch.Tensor] = []
+        list(model.generate(recipe, on_chunk=lambda _c, k: kept.append(torch.from_numpy(k))))
+        return torch.cat(kept, dim=2)
+
+    cached = DraftModel(pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu")
+    ours = take(cached)
+
+    def masked_window(self, *inputs):  # the context: the leading frames at timestep 0
+        timesteps, frames = inputs[1], inputs[0].shape[2]
+        tokens = timesteps.shape[1] // frames
+        ctx = int((timesteps[0].view(frames, tokens)[:, 0] == 0).sum())
+        self.slot.use("masked", mask=block_causal_mask(torch.tensor([ctx]), frames, tokens))
+        return self.denoiser(*inputs)
+
+    monkeypatch.setattr(WholeWindow, "forward", masked_window)
+    whole = DraftModel(pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu")
+    whole.cached_step = None  # every window as a whole one
+    reference = take(whole)
+    assert ours.shape == reference.shape and ours.shape[2] > 4  # several windows
+    assert torch.allclose(ours, reference, atol=1e-4), (ours - reference).abs().max()
+
+
 def test_onnx_runtime_runs_a_block_causal_take_as_torch_does(causal_pack, cache_dir, text_encoder):
     """Opset 23's native RotaryEmbedding and Attention ops, with the keys and values as a graph output and
     input: the same latents as torch's take."""

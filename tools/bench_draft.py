@@ -191,7 +191,11 @@ def main() -> None:
     model = next(iter(results.values()))["model"]
     draft = pack.draft
     new_frames = (draft.window_frames - draft.context_frames) * pack.latent.temporal
-    den = graph_gflop(model.denoiser_graph) * draft.steps / new_frames
+    graphs = model.denoiser_graphs
+    if graphs.context is not None and graphs.cached is not None:  # block-causal: one context pass, cached steps
+        den = (graph_gflop(graphs.context) + graph_gflop(graphs.cached) * draft.steps) / new_frames
+    else:
+        den = graph_gflop(model.denoiser_graph) * draft.steps / new_frames
     dec = graph_gflop(model.decoder_graph) / pack.latent.temporal
     limit = gemm / (den + dec)
     best = max(r["fps"] for r in results.values())

@@ -273,6 +273,10 @@ class Trainer:
         self.denoiser = self._new_denoiser().to(device)
         # A block-causal student trains under the mask that its cached context reproduces at draft time.
         self.slot = install(self.denoiser) if cfg.context_attention == "block-causal" else None
+        before = self.state["config"].get("context_attention", "bidirectional")
+        if before != cfg.context_attention:  # a fine-tune from one kind of student into the other
+            log(f"context attention: {before} -> {cfg.context_attention} from denoiser step "
+                f"{self.state['denoiser']['steps']}")
         self.state["config"]["context_attention"] = cfg.context_attention
         self.ema = self._new_denoiser().to(device)
         self.ema.load_state_dict(self.denoiser.state_dict())
@@ -510,13 +514,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="start a new --run from a trained pack (e.g. previz/packs_builtin/previz-backlot)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--context-attention", choices=("bidirectional", "block-causal"), default=None,
-                        help="how a window's context frames attend (default: the run's, else bidirectional); "
+                        help="how a window's context frames attend (default: the run's or the --from-pack pack's, "
+                             "else bidirectional); "
                              "block-causal lets a draft compute the context once per window")
     args = parser.parse_args(argv)
 
     cfg = tiny_config() if args.tiny else Config()
     state_path = args.run / "state.json"
+    # The kind of student: as asked, else as the run (or the pack it starts from) was trained.
     recorded = json.loads(state_path.read_text())["config"].get("context_attention") if state_path.exists() else None
+    if recorded is None and args.from_pack is not None:
+        from previz.packs import load_pack
+
+        context = load_pack(str(args.from_pack)).conditioning.context
+        recorded = context.attention if context is not None else None
     cfg.context_attention = args.context_attention or recorded or cfg.context_attention
     for name in ("batch", "ae_batch", "pool", "refresh"):
         if getattr(args, name) is not None:
