@@ -4,7 +4,8 @@ values are computed once per window instead of once per denoising step.
 A draft window is ``[context | new]``: the last clean latent frames of the previous window, at timestep 0,
 then the noisy frames being made.  In a bidirectional student (the default) every token attends to every
 other, so the context's hidden states change with the noise and the whole window runs at every step.  In a
-block-causal student (CausVid, Self-Forcing) the context attends only to itself.  With per-token timesteps
+block-causal student (the idea behind streaming students such as CausVid and Self-Forcing) the context
+attends only to itself.  With per-token timesteps
 holding the context at 0, every layer's keys and values for the context are then the same at every step.
 
 A window then costs one pass over the context, recording those keys and values, and one pass over the new
@@ -53,6 +54,8 @@ class ContextSlot:
 
     def use(self, mode: str, *, mask: torch.Tensor | None = None, kv: torch.Tensor | None = None,
             frame_offset: int = 0) -> None:
+        if mode not in MODES:  # a misspelt mode would otherwise run as plain attention
+            raise ValueError(f"context slot mode {mode!r}: choose one of {', '.join(MODES)}")
         self.mode, self.mask, self.kv, self.frame_offset, self.recorded = mode, mask, kv, frame_offset, []
 
 

@@ -148,7 +148,7 @@ class DraftModel:
         (for a compiled engine, its compile: a minute or more the first time, seconds from inductor's cache)."""
         say = progress or (lambda _message: None)
         self.text("")  # the encoder's first call pays one-off initialisation
-        for name, engine in self._engines():
+        for name, engine in self.engines():
             compiled = "torch.compile" in engine.info.providers
             say(f"warming up the {name} ({engine.info.backend}, {engine.info.precision}, {engine.info.device}"
                 + (", compiling: the first start takes minutes, later ones reuse the cache)" if compiled else ")"))
@@ -157,14 +157,15 @@ class DraftModel:
                 engine.warmup()
             say(f"{name} ready in {time.perf_counter() - start:.1f} s")
 
-    def _engines(self) -> list[tuple[str, Engine | FrameDecoder]]:
+    def engines(self) -> list[tuple[str, Engine | FrameDecoder]]:
+        """Every engine of this model, by a name for people, in the order a take first runs them."""
         engines: list[tuple[str, Engine | FrameDecoder]] = [("denoiser", self.denoiser)]
         if self.context_pass is not None and self.cached_step is not None:
             engines += [("denoiser's context pass", self.context_pass), ("denoiser's cached step", self.cached_step)]
         return [*engines, ("decoder", self.frame_decoder)]
 
     def close(self) -> None:
-        for _name, engine in self._engines():
+        for _name, engine in self.engines():
             engine.close()
 
     def engine_info(self) -> dict[str, Any]:

@@ -26,6 +26,8 @@ of a compiled engine).  Prints markdown for BENCHMARKS.md.
     python tools/bench_gpu.py --students wan21-1.3b --variants bf16,bf16-compiled,bf16-cudagraphs
     python tools/bench_gpu.py --small               # tiny students on the CPU: checks that it all runs
     python tools/bench_gpu.py --students wan21-1.3b --variants bf16-compiled --profile   # where a call's time goes
+    python tools/bench_gpu.py --students wan21-1.3b --context bidirectional,block-causal  # a cached context
+    python tools/bench_gpu.py --device cpu --students wan21-1.3b --layers 1 --variants fp32  # full width, on a CPU
 """
 
 from __future__ import annotations
@@ -253,7 +255,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     sync(device)
     warmup_s = time.perf_counter() - start
     info = model.engine_info()
-    compile_s = sum(engine.info.details.get("compile_s", 0.0) for _, engine in model._engines())
+    compile_s = sum(engine.info.details.get("compile_s", 0.0) for _, engine in model.engines())
 
     def take(seed: int) -> tuple[float, TakeStats]:
         """(wall seconds, stats) of one whole take."""
@@ -354,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     contexts = args.context.split(",")
     unknown += [c for c in contexts if c not in ("bidirectional", "block-causal")]
     if unknown:
-        print(f"bench_gpu: unknown variant or student {', '.join(unknown)}", file=sys.stderr)
+        print(f"bench_gpu: unknown variant, student or context {', '.join(unknown)}", file=sys.stderr)
         return 2
     table = SMALL_STUDENTS if args.small else STUDENTS
     if args.layers:
