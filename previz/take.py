@@ -1,7 +1,8 @@
 """A take: recipe in, 30 fps frames out, chunk by chunk.
 
 :class:`DraftModel` holds what is expensive to set up (the text encoder and the
-two engines for one pack, backend and size).  :class:`Take` is one take as an
+engines for one pack, backend and size: denoiser and decoder, and for a
+block-causal student the context pass and the cached step).  :class:`Take` is one take as an
 explicit step whose whole state is the next chunk and the context latents;
 :meth:`DraftModel.generate` is the generator over it: each window is denoised,
 then decoded one latent frame at a time, and frames are yielded as soon as
