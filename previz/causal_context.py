@@ -74,6 +74,8 @@ def _processor_class() -> Any:
     from diffusers.models.attention_dispatch import dispatch_attention_fn
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
+    from previz.wan_onnx import native_rotary
+
     class ContextAttnProcessor(WanAttnProcessor):  # type: ignore[misc]
         """Self-attention of one layer, in the slot's mode; ``_attention_backend`` picks the kernel.
 
@@ -112,12 +114,9 @@ def _processor_class() -> Any:
             return attn.to_out[1](attn.to_out[0](out))  # type: ignore[no-any-return]
 
         def _rotate(self, attn: Any, x: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-            freqs_cos, freqs_sin = rotary_emb  # [1, S, 1, head_dim], each pair repeated
             if self.native:
-                cos = freqs_cos[..., 0::2].flatten(1, 2).expand(x.shape[0], -1, -1)  # [B, S, head_dim / 2]
-                sin = freqs_sin[..., 1::2].flatten(1, 2).expand(x.shape[0], -1, -1)
-                return torch.onnx.ops.rotary_embedding(x, cos, sin, interleaved=True, num_heads=attn.heads)
-            return rotate(x.unflatten(2, (attn.heads, -1)), freqs_cos, freqs_sin).flatten(2, 3)
+                return native_rotary(x, rotary_emb, attn.heads)
+            return rotate(x.unflatten(2, (attn.heads, -1)), *rotary_emb).flatten(2, 3)
 
         def _attend(self, attn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     mask: torch.Tensor | None) -> torch.Tensor:
@@ -181,14 +180,18 @@ def block_causal_mask(context_frames: torch.Tensor, frames: int, tokens_per_fram
     return (~blocked)[:, None]
 
 
-class ContextPass(nn.Module):
-    """The context's own pass: the denoiser's inputs for the context frames in, every layer's keys and
-    values out, [layers, 2, 1, S_context, heads * head_dim]."""
+class SlotGraph(nn.Module):
+    """A graph of a block-causal student: the shared denoiser module, run in one mode of its slot."""
 
     def __init__(self, denoiser: nn.Module, slot: ContextSlot) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.slot = slot
+
+
+class ContextPass(SlotGraph):
+    """The context's own pass: the denoiser's inputs for the context frames in, every layer's keys and
+    values out, [layers, 2, 1, S_context, heads * head_dim]."""
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         self.slot.use("record")
@@ -198,13 +201,11 @@ class ContextPass(nn.Module):
         return kv
 
 
-class CachedStep(nn.Module):
+class CachedStep(SlotGraph):
     """One step over the new frames: the denoiser's inputs for them, then the context's keys and values."""
 
     def __init__(self, denoiser: nn.Module, slot: ContextSlot, context_frames: int) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.slot = slot
+        super().__init__(denoiser, slot)
         self.context_frames = context_frames
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -215,13 +216,8 @@ class CachedStep(nn.Module):
         return velocity  # type: ignore[no-any-return]
 
 
-class WholeWindow(nn.Module):
+class WholeWindow(SlotGraph):
     """A window with no context (a take's first), every token attending to every other."""
-
-    def __init__(self, denoiser: nn.Module, slot: ContextSlot) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.slot = slot
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         self.slot.use("full")

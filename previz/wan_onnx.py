@@ -19,6 +19,14 @@ import torch
 ONNX_NATIVE_ATTENTION_OPSET = 23
 
 
+def native_rotary(x: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor], heads: int) -> torch.Tensor:
+    """Wan's interleaved rotary embedding on [B, S, heads * head_dim], as opset 23's RotaryEmbedding op."""
+    freqs_cos, freqs_sin = rotary_emb  # [1, S, 1, head_dim], each pair repeated
+    cos = freqs_cos[..., 0::2].flatten(1, 2).expand(x.shape[0], -1, -1)  # [B, S, head_dim / 2]
+    sin = freqs_sin[..., 1::2].flatten(1, 2).expand(x.shape[0], -1, -1)
+    return torch.onnx.ops.rotary_embedding(x, cos, sin, interleaved=True, num_heads=heads)
+
+
 def _processor() -> Any:
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
@@ -34,11 +42,7 @@ def _processor() -> Any:
             q, k, v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)  # type: ignore[arg-type]
             q, k = attn.norm_q(q), attn.norm_k(k)
             if rotary_emb is not None:
-                freqs_cos, freqs_sin = rotary_emb  # [1, S, 1, head_dim], each pair repeated
-                cos = freqs_cos[..., 0::2].flatten(1, 2).expand(q.shape[0], -1, -1)  # [B, S, head_dim / 2]
-                sin = freqs_sin[..., 1::2].flatten(1, 2).expand(q.shape[0], -1, -1)
-                q = torch.onnx.ops.rotary_embedding(q, cos, sin, interleaved=True, num_heads=attn.heads)
-                k = torch.onnx.ops.rotary_embedding(k, cos, sin, interleaved=True, num_heads=attn.heads)
+                q, k = native_rotary(q, rotary_emb, attn.heads), native_rotary(k, rotary_emb, attn.heads)
             out = torch.onnx.ops.attention(q, k, v, attention_mask, q_num_heads=attn.heads, kv_num_heads=attn.heads)[0]
             return attn.to_out[1](attn.to_out[0](out.type_as(q)))  # type: ignore[no-any-return]
 

@@ -228,3 +228,20 @@ def run_module_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProces
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "previz.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=repo)
+
+
+@pytest.fixture
+def traced_eagerly(monkeypatch):
+    """torch.compile in the engines traced by dynamo's ``eager`` backend (the same guards, no inductor), so
+    a compiled take runs in seconds on a CPU; yields dynamo's counters (``["stats"]["unique_graphs"]``)."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    import engines.torch_backend
+
+    real_compile = torch.compile
+    monkeypatch.setattr(engines.torch_backend.torch, "compile",
+                        lambda module, mode=None: real_compile(module, backend="eager"))
+    torch._dynamo.reset()
+    yield counters
+    torch._dynamo.reset()

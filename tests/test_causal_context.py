@@ -239,20 +239,14 @@ def test_the_cli_drafts_a_block_causal_pack(causal_pack, tmp_path):
     assert out.stat().st_size > 0
 
 
-def test_a_compiled_take_traces_each_graph_once(causal_pack, cache_dir, text_encoder, monkeypatch):
+def test_a_compiled_take_traces_each_graph_once(causal_pack, cache_dir, text_encoder, traced_eagerly):
     """The slot is set inside each graph's forward, so the warm-up's traces serve every window after it.
 
     Traced with dynamo's ``eager`` backend (the same guards, no inductor), so it runs in seconds on a CPU.
     """
-    from torch._dynamo.utils import counters
-
-    import engines.torch_backend
     from previz.take import DraftModel
 
-    real_compile = torch.compile
-    monkeypatch.setattr(engines.torch_backend.torch, "compile",
-                        lambda module, mode=None: real_compile(module, backend="eager"))
-    torch._dynamo.reset()
+    counters = traced_eagerly
     model = DraftModel(causal_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True)
     model.warmup()
     graphs = counters["stats"]["unique_graphs"]
@@ -261,7 +255,6 @@ def test_a_compiled_take_traces_each_graph_once(causal_pack, cache_dir, text_enc
                                         camera={"preset": "dolly_in"})))
     assert len(frames) == 30
     assert counters["stats"]["unique_graphs"] == graphs  # nothing traced again in the take
-    torch._dynamo.reset()
 
 
 @pytest.mark.gpu

@@ -206,20 +206,14 @@ def test_kernels_without_fp32_are_refused_for_an_fp32_engine_on_cuda(test_pack, 
         assert err.value.field == "attention"
 
 
-def test_a_take_never_recompiles_what_the_warm_up_compiled(test_pack, cache_dir, text_encoder, monkeypatch):
+def test_a_take_never_recompiles_what_the_warm_up_compiled(test_pack, cache_dir, text_encoder, traced_eagerly):
     """Dynamo guards on strides and inference-ness: the take's inputs must match the warm-up's.
 
     Traced with dynamo's ``eager`` backend (the same guards, no inductor), so it runs in seconds on a CPU.
     """
-    from torch._dynamo.utils import counters
-
-    import engines.torch_backend
     from previz.take import DraftModel
 
-    real_compile = torch.compile
-    monkeypatch.setattr(engines.torch_backend.torch, "compile",
-                        lambda module, mode=None: real_compile(module, backend="eager"))
-    torch._dynamo.reset()
+    counters = traced_eagerly
     model = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True)
     model.warmup()
     graphs = counters["stats"]["unique_graphs"]
@@ -228,7 +222,6 @@ def test_a_take_never_recompiles_what_the_warm_up_compiled(test_pack, cache_dir,
                                         camera={"preset": "dolly_in"})))
     assert len(frames) == 15
     assert counters["stats"]["unique_graphs"] == graphs  # nothing traced again in the take
-    torch._dynamo.reset()
 
 
 def test_a_graph_a_bf16_engine_has_cast_is_never_exported_as_the_fp32_one(test_pack, cache_dir):
