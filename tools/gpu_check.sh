@@ -14,6 +14,10 @@
 #     -d .whl diffusers==0.42.1 importlib_metadata websockets spandrel==0.4.2 torchao==0.18.0
 #
 #   bash tools/gpu_check.sh [TESTS_SECONDS] [BENCH_ARGS...]
+#
+# The benchmark runs first and the tests after it, for at most TESTS_SECONDS (0: none), so a lease's
+# minutes go to the figures first.  Logs are appended, so several runs in one device call keep all their
+# rows (e.g. a fallback variant when the first fails).
 set -uo pipefail
 out=${OUT:-gpu-out}; mkdir -p "$out"
 tests_s=${1:-150}; shift || true
@@ -28,11 +32,11 @@ if not (model / "model.safetensors").exists():
 PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__)" | tee -a "$out/gpu.txt"
+[ $# -gt 0 ] && python3 tools/bench_gpu.py --packs /tmp/bench-packs "$@" 2>&1 | tee -a "$out/bench_gpu.log"
 # TensorRT and onnxruntime-gpu cannot be installed there: their tests are left out, not counted as passing.
-if [ "$tests_s" != 0 ]; then
+if [ "$tests_s" -gt 0 ]; then
   timeout "$tests_s" python3 -m pytest -q -p no:cacheprovider -m gpu -k "not tensorrt and not onnxruntime_uses" \
     tests/test_device_path.py tests/test_engines.py tests/test_final_vsr.py tests/test_text.py \
-    tests/test_causal_context.py 2>&1 | tee "$out/gpu_tests.log"
+    tests/test_causal_context.py 2>&1 | tee -a "$out/gpu_tests.log"
 fi
-[ $# -gt 0 ] && python3 tools/bench_gpu.py --packs /tmp/bench-packs "$@" 2>&1 | tee "$out/bench_gpu.log"
 ls -la "$out"
