@@ -35,6 +35,9 @@ ATTENTION_KERNELS = {"sdpa": "native", "cudnn": "_native_cudnn", "flash": "_nati
                      "efficient": "_native_efficient", "math": "_native_math"}
 CUDA_ONLY_KERNELS = ("cudnn", "efficient")  # torch has no CPU kernel for these
 HALF_ONLY_KERNELS = ("cudnn", "flash")  # on CUDA these take bf16 or fp16, not fp32
+# Graphs of one kind (a pack's denoiser at one size and precision is one) that a process keeps compiled:
+# a long server session changes size and pack more than dynamo's default 8 allows.
+COMPILED_SHAPES = 64
 
 
 def unavailable_reason() -> str | None:
@@ -74,7 +77,12 @@ class TorchEngine:
         has_attention = set_attention(module, ATTENTION_KERNELS[attention])
         if self.compiled and cache_dir is not None:
             inductor_cache(cache_dir)  # before torch.compile, which fixes inductor's cache directory
-        self._fn: Any = torch.compile(module, mode=compile_mode) if self.compiled else module
+        # Static shapes always: dynamo keys compiled code by the graph's Python code, which every engine of a
+        # graph kind shares, and would compile a second size (another DraftModel, another student) with
+        # symbolic sizes, a slower graph.  Each size gets its own graph, within a raised recompile limit.
+        if self.compiled:
+            recompile_limit(COMPILED_SHAPES)
+        self._fn: Any = torch.compile(module, mode=compile_mode, dynamic=False) if self.compiled else module
         details: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
         if self.compiled:
             details["compile_mode"] = compile_mode
@@ -142,6 +150,14 @@ def set_attention(module: torch.nn.Module, kernel: str) -> bool:
     for processor in routable:
         processor._attention_backend = kernel
     return bool(routable)
+
+
+def recompile_limit(entries: int) -> None:
+    """Let dynamo keep ``entries`` compiled graphs per graph kind (it falls back to eager, silently slow,
+    past its limit of 8); only ever raised, since the setting is the process's."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, entries)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * entries)
 
 
 def inductor_cache(cache_dir: Path) -> None:

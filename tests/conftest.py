@@ -241,7 +241,7 @@ def traced_eagerly(monkeypatch):
 
     real_compile = torch.compile
     monkeypatch.setattr(engines.torch_backend.torch, "compile",
-                        lambda module, mode=None: real_compile(module, backend="eager"))
+                        lambda module, mode=None, **options: real_compile(module, backend="eager", **options))
     torch._dynamo.reset()
     yield counters
     torch._dynamo.reset()

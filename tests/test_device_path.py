@@ -391,3 +391,34 @@ def test_a_window_is_queued_without_the_host_waiting_for_the_device(test_pack, c
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert len(list(frames)) > 0
+
+
+def test_a_model_at_another_size_gets_its_own_static_graphs(test_pack, cache_dir, text_encoder, monkeypatch):
+    """Dynamo keys its compiled code by the graph's Python code, which every DraftModel shares, and by
+    default recompiles a second shape with symbolic sizes (slower kernels, a longer compile).  A server
+    that changes size, or a benchmark that runs two students, must get a static graph for each."""
+    import torch
+
+    import engines.torch_backend
+    from previz.take import DraftModel
+
+    symbolic: list[bool] = []
+
+    def recording(gm, example_inputs):
+        values = [node.meta.get("example_value") for node in gm.graph.find_nodes(op="placeholder")]
+        symbolic.append(any(isinstance(v, torch.SymInt) or isinstance(v, torch.Tensor)
+                            and any(isinstance(d, torch.SymInt) for d in v.shape) for v in values))
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(engines.torch_backend.torch, "compile",
+                        lambda module, **options: real_compile(module, **{**options, "backend": recording,
+                                                                          "mode": None}))
+    torch._dynamo.reset()
+    try:
+        for width, height in ((64, 64), (96, 64)):
+            DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True,
+                       width=width, height=height).warmup()
+    finally:
+        torch._dynamo.reset()
+    assert len(symbolic) >= 4 and not any(symbolic)  # both models' denoiser and decoder, each static
