@@ -29,8 +29,8 @@ from engines.precision import cast_module, check_fp8, quantize_fp8, resolve_prec
 # which time several kernels for each matmul and keep the fastest (a much longer first compile).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Which kernel computes attention, by the names diffusers' attention dispatcher gives them.  "sdpa" is
-# torch's own choice (flash attention for bf16 on CUDA); the others pin one of torch's fused kernels
-# (cuDNN's is the candidate on Hopper).  Graphs without a diffusers attention module ignore the option.
+# torch's own choice (for bf16 on an H100, torch 2.11: cuDNN's fused kernel, profiled in BENCHMARKS.md);
+# the others pin one of torch's fused kernels.  Graphs without a diffusers attention module ignore it.
 ATTENTION_KERNELS = {"sdpa": "native", "cudnn": "_native_cudnn", "flash": "_native_flash",
                      "efficient": "_native_efficient", "math": "_native_math"}
 CUDA_ONLY_KERNELS = ("cudnn", "efficient")  # torch has no CPU kernel for these
@@ -47,7 +47,7 @@ def unavailable_reason() -> str | None:
 class TorchEngine:
     def __init__(self, graph: Graph, *, device: str = "cpu", precision: str | None = None,
                  compile: bool | None = None, compile_mode: str = "default", cache_dir: Path | None = None,
-                 attention: str = "sdpa") -> None:
+                 attention: str = "sdpa", gelu_epilogue: bool = False) -> None:
         self.graph = graph
         self.device = checked_device(device)
         self.queues_work = self.device.type == "cuda"  # CUDA kernels are queued; a CPU runs them in run()
@@ -66,6 +66,9 @@ class TorchEngine:
             raise BackendUnavailableError(f"attention {attention!r} on CUDA takes bf16 or fp16, and this engine "
                                           "runs fp32: use --precision bf16 or another kernel",
                                           field="attention", value=attention)
+        if gelu_epilogue and self.device.type != "cuda":
+            raise BackendUnavailableError(f"the GELU epilogue is cuBLASLt's, on a CUDA GPU only; this engine runs on "
+                                          f"{self.device}", field="gelu_epilogue", value="on")
         if self.precision == "fp8":
             check_fp8(self.device)  # before any weight is cast or moved
         self.compiled = self.device.type == "cuda" if compile is None else compile
@@ -75,6 +78,7 @@ class TorchEngine:
         module = cast_module(graph.module, self.dtype).to(self.device).eval()
         fp8_layers = quantize_fp8(module, self.device) if self.precision == "fp8" else None
         has_attention = set_attention(module, ATTENTION_KERNELS[attention])
+        fused_gelus = fuse_gelu_epilogues(module) if gelu_epilogue else 0
         if self.compiled and cache_dir is not None:
             inductor_cache(cache_dir)  # before torch.compile, which fixes inductor's cache directory
         # Static shapes always: dynamo keys compiled code by the graph's Python code, which every engine of a
@@ -88,6 +92,8 @@ class TorchEngine:
             details["compile_mode"] = compile_mode
         if has_attention:
             details["attention"] = attention
+        if fused_gelus:
+            details["gelu_epilogue"] = fused_gelus
         if fp8_layers is not None:
             details["fp8_layers"] = fp8_layers
         self.info = EngineInfo(
@@ -160,6 +166,49 @@ def recompile_limit(entries: int) -> None:
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * entries)
 
 
+class GeluEpilogueLinear(torch.nn.Module):
+    """A linear layer then tanh-GELU (diffusers' ``GELU(approximate="tanh")``, Wan's feed-forward input) as
+    one cuBLASLt matmul with the bias and GELU in its epilogue: the [tokens, ffn] activation is written once
+    instead of written, read and written again by a separate GELU kernel.
+
+    ``aten._addmm_activation`` is that call; inductor leaves it as it is (a fallback kernel), and on CUDA
+    its GELU is the tanh approximation.  On any other device it computes exact GELU, so there this module
+    runs the two steps as diffusers does.
+    """
+
+    def __init__(self, proj: torch.nn.Linear) -> None:
+        super().__init__()
+        self.proj = proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda:
+            return torch.nn.functional.gelu(self.proj(x), approximate="tanh")
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch._addmm_activation(self.proj.bias, rows, self.proj.weight.t(), use_gelu=True)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def fuse_gelu_epilogues(module: torch.nn.Module) -> int:
+    """Swap every tanh-GELU projection inside ``module`` for a :class:`GeluEpilogueLinear` on the same
+    weights, in place; how many there are (fused earlier included: graphs may share a module).
+
+    Recognised by shape rather than class, as :func:`set_attention` does, since engines do not import
+    diffusers: a ``proj`` linear layer with a bias, and ``approximate == "tanh"``.  A layer quantized to
+    fp8 keeps torchao's own matmul.
+    """
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            proj = getattr(child, "proj", None)
+            if isinstance(child, GeluEpilogueLinear):
+                count += 1
+            elif (getattr(child, "approximate", None) == "tanh" and isinstance(proj, torch.nn.Linear)
+                  and proj.bias is not None and type(proj.weight) is torch.nn.Parameter):  # not fp8's
+                setattr(parent, name, GeluEpilogueLinear(proj))
+                count += 1
+    return count
+
+
 def inductor_cache(cache_dir: Path) -> None:
     """Inductor's and Triton's on-disk caches under ours, unless the user has put them elsewhere."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / "inductor"))
@@ -171,7 +220,8 @@ def create(graph: Graph, cache_dir: Path, **options: Any) -> TorchEngine:
     return TorchEngine(graph, device=str(options.get("device") or _default_device()),
                        precision=options.get("precision"), compile=None if compile_ is None else bool(compile_),
                        compile_mode=str(options.get("compile_mode") or "default"), cache_dir=cache_dir,
-                       attention=str(options.get("attention") or "sdpa"))
+                       attention=str(options.get("attention") or "sdpa"),
+                       gelu_epilogue=bool(options.get("gelu_epilogue")))
 
 
 def compute_dtype(**options: Any) -> torch.dtype:

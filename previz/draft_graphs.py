@@ -1,6 +1,7 @@
 """The draft pack's two graphs, denoiser and decoder, with the I/O contract every engine runs.
 
-denoiser: latents [1, C, F, h, w], timesteps [1, F*h*w/patch] (per token, 0..1000),
+denoiser: latents [1, C, F, h, w], timesteps [1, F*h*w/patch] (per token, 0..1000, constant within
+          a latent frame: the time embedding runs per frame, ``previz.frame_timesteps``),
           text [1, L, D], for camera packs camera [1, 6*T, F, h, w], and for
           control packs control [1, K, F, h, w]  ->  velocity [1, C, F, h, w]
 decoder:  latents [1, C, h, w] (one latent frame)  ->  frames [T, H, W, 3] in [0, 1]
@@ -28,6 +29,7 @@ from torch import nn
 from engines.graphs import Graph
 from previz.causal_context import CachedStep, ContextPass, ContextSlot, WholeWindow, install
 from previz.errors import PackError
+from previz.frame_timesteps import install as embed_time_per_frame
 from previz.packs import ControlConditioning, Pack, load_component
 from previz.wan_onnx import onnx_friendly
 
@@ -145,6 +147,7 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
         )
     lat_h, lat_w = layout.latent_size(width, height)
     tokens = tokens_per_frame(transformer, lat_h, lat_w)
+    embed_time_per_frame(transformer, tokens)  # the sampler's timesteps are constant within a latent frame
     context = pack.conditioning.context
     slot = install(transformer) if context is not None and context.cached else None
     module: nn.Module = (ControlDenoiserGraph if ctl else CameraDenoiserGraph if cam else DenoiserGraph)(transformer)

@@ -167,6 +167,32 @@ def test_the_attention_kernel_is_chosen_per_engine_and_checked(test_pack, cache_
         assert err.value.field == "attention"
 
 
+def test_the_gelu_epilogue_swaps_each_feed_forward_gelu_once_on_the_same_weights(test_pack, cache_dir):
+    """Each block's tanh-GELU projection becomes one module on the same weights (a second engine on a shared
+    module fuses nothing twice); off CUDA it computes what diffusers computes, and an engine refuses it."""
+    from engines.torch_backend import GeluEpilogueLinear, fuse_gelu_epilogues
+    from previz.draft_graphs import build_denoiser_graph
+
+    graph = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384).window
+    module = graph.module
+    projections = [m.proj for m in module.modules() if getattr(m, "approximate", None) == "tanh" and hasattr(m, "proj")]
+    blocks = module.transformer.config.num_layers
+    assert len(projections) == blocks
+    inputs = graph.example_inputs(seed=2)
+    with torch.inference_mode():
+        ref = module(*inputs.values())
+        assert fuse_gelu_epilogues(module) == blocks
+        assert fuse_gelu_epilogues(module) == blocks  # idempotent
+        out = module(*inputs.values())
+    fused = [m for m in module.modules() if isinstance(m, GeluEpilogueLinear)]
+    assert [m.proj for m in fused] == projections  # the same layers, no copies
+    assert not any(isinstance(m.proj, GeluEpilogueLinear) for m in fused)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    with pytest.raises(BackendUnavailableError, match="CUDA GPU only") as err:
+        create_engine("torch", graph, cache_dir, device="cpu", gelu_epilogue=True)
+    assert err.value.field == "gelu_epilogue"
+
+
 def test_a_torch_engine_s_student_is_loaded_at_its_precision_with_the_weights_a_cast_would_give(
         test_pack, cache_dir, text_encoder, monkeypatch):
     """No fp32 copy of a bf16 student in host memory: the torch backend loads the denoiser at its engine's
@@ -350,6 +376,21 @@ def test_cudnn_attention_matches_torch_s_own_choice_on_cuda(test_pack, cache_dir
     a, b = (np.stack([f.image for f in m.generate(recipe)]).astype(int) for m in models.values())
     assert models["cudnn"].engine_info()["denoiser"]["attention"] == "cudnn"
     assert a.shape == b.shape and np.abs(a - b).mean() <= 1.0  # two bf16 kernels round differently
+
+
+@pytest.mark.gpu
+def test_the_gelu_epilogue_on_cuda_matches_diffusers_gelu(test_pack, cache_dir):
+    """cuBLASLt's GELU epilogue is the tanh approximation Wan's feed-forward uses: compiled, within bf16's
+    rounding of the unfused graph, and the engine reports what it fused."""
+    from previz.draft_graphs import build_denoiser_graph
+
+    graphs = [build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384).window for _ in range(2)]
+    plain, fused = (create_engine("torch", g, cache_dir, device="cuda", precision="bf16", compile=True,
+                                  gelu_epilogue=on) for g, on in zip(graphs, (False, True), strict=True))
+    assert fused.info.details["gelu_epilogue"] == graphs[1].module.transformer.config.num_layers
+    inputs = graphs[0].example_inputs(seed=4, device="cuda")
+    ref, out = (e.run(inputs)["velocity"].float() for e in (plain, fused))
+    assert float((out - ref).abs().max()) <= BF16_CALL_TOLERANCE * float(ref.abs().max())
 
 
 @pytest.mark.gpu

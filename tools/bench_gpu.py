@@ -28,6 +28,7 @@ of a compiled engine).  Prints markdown for BENCHMARKS.md.
     python tools/bench_gpu.py --students wan21-1.3b --variants bf16-compiled --profile   # where a call's time goes
     python tools/bench_gpu.py --students wan21-1.3b --context bidirectional,block-causal  # a cached context
     python tools/bench_gpu.py --device cpu --students wan21-1.3b --layers 1 --variants fp32  # full width, on a CPU
+    python tools/bench_gpu.py --students wan21-1.3b --variants bf16-compiled-token-temb,bf16-compiled  # time embedding
 """
 
 from __future__ import annotations
@@ -87,7 +88,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16-autotune-cudnn": {"precision": "bf16", "compile": True, "compile_mode": "max-autotune-no-cudagraphs",
                             "attention": "cudnn"},
     "fp16": {"precision": "fp16", "compile": False},
+    "bf16-compiled-gelu": {"precision": "bf16", "compile": True, "gelu_epilogue": True},  # one matmul + GELU
+    # The time embedding per token, as stock diffusers computes it, against previz's once a frame
+    # (previz.frame_timesteps): the same engines with the student's own embedder put back.
+    "fp32-token-temb": {"precision": "fp32", "compile": False, "time_embedding": "per-token"},
+    "bf16-compiled-token-temb": {"precision": "bf16", "compile": True, "time_embedding": "per-token"},
 }
+BENCH_ONLY = ("time_embedding",)  # variant keys the benchmark applies itself, not engine options
+
+
+def embed_time_per_token(module: torch.nn.Module) -> None:
+    """Put the stock, per-token time embedding back on the denoiser inside ``module``."""
+    from previz.frame_timesteps import FrameTimestepEmbedding
+
+    for m in module.modules():
+        if isinstance(getattr(m, "condition_embedder", None), FrameTimestepEmbedding):
+            m.condition_embedder = m.condition_embedder.embedder
 
 
 def machine(device: torch.device) -> str:
@@ -246,10 +262,12 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     from previz.recipe import Recipe
     from previz.take import DraftModel, TakeStats
 
-    options = {**VARIANTS[variant], "device": str(device)}
+    options = {k: v for k, v in VARIANTS[variant].items() if k not in BENCH_ONLY}
     built = time.perf_counter()
-    model = DraftModel(pack, "torch", cache_dir=cache_dir, text=text, **options)
+    model = DraftModel(pack, "torch", cache_dir=cache_dir, text=text, device=str(device), **options)
     load_s = time.perf_counter() - built
+    if VARIANTS[variant].get("time_embedding") == "per-token":
+        embed_time_per_token(model.denoiser_graph.module)  # before the warm-up, which compiles
     start = time.perf_counter()
     model.warmup()
     sync(device)
