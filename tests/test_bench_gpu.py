@@ -66,3 +66,34 @@ def test_a_block_causal_student_is_measured_beside_the_bidirectional_one(tmp_pat
     rows = [line for line in out.splitlines() if line.startswith("| fp32 |")]
     assert len(rows) == 2 and all(float(row.split("|")[2]) > 0 for row in rows)
     assert bench.main(["--small", "--context", "sideways"]) == 2
+
+
+def test_the_time_embedding_variant_measures_the_stock_embedder(tmp_path, capsys, monkeypatch, test_pack):
+    """``-token-temb`` variants put diffusers' own per-token embedder back, and run beside the default."""
+    bench = load_bench(monkeypatch)
+    from previz.draft_graphs import build_denoiser_graph
+    from previz.frame_timesteps import FrameTimestepEmbedding
+    from previz.text import text_shape
+
+    tokens, dim = text_shape(test_pack)
+    module = build_denoiser_graph(test_pack, 64, 64, text_tokens=tokens, text_dim=dim).window.module
+    bench.embed_time_per_token(module)
+    embedder = module.transformer.condition_embedder
+    assert not isinstance(embedder, FrameTimestepEmbedding) and type(embedder).__name__ == "WanTimeTextImageEmbedding"
+    assert bench.main(["--small", "--students", "wan21-1.3b", "--variants", "fp32-token-temb,fp32", "--seconds",
+                       "0.2", "--packs", str(tmp_path)]) == 0
+    rows = {row.split("|")[1].strip(): row.split("|") for row in capsys.readouterr().out.splitlines()
+            if row.startswith(("| fp32-token-temb |", "| fp32 |"))}
+    assert set(rows) == {"fp32-token-temb", "fp32"}
+
+
+def test_bench_time_embedding_alternates_the_two_embeddings(capsys, monkeypatch):
+    load_bench(monkeypatch)
+    spec = importlib.util.spec_from_file_location("bench_time_embedding", ROOT / "tools" / "bench_time_embedding.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--device", "cpu", "--layers", "1", "--width", "64", "--height", "64", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| per token (stock) |" in out and "| once a frame |" in out
+    assert out.count("- call 1,") == 2
