@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--repeats", type=int, default=4, help="calls of each, alternated")
+    parser.add_argument("--packs", type=Path, default=None,
+                        help="where the random student is built and kept (bench_gpu.py's --packs; default: a "
+                             "temporary directory)")
     args = parser.parse_args(argv)
 
     from previz.sampler import token_timesteps
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.layers:
         student = dataclasses.replace(student, transformer={**student.transformer, "num_layers": args.layers})
     with tempfile.TemporaryDirectory(prefix="previz-bench-temb-") as tmp:
-        pack = build_pack(student, Path(tmp), args.width, args.height, 512, 64)
+        pack = build_pack(student, args.packs or Path(tmp), args.width, args.height, 512, 64)
         model = DraftModel(pack, "torch", cache_dir=Path(tmp) / "cache", text=TextEncoder(pack, device=device),
                            device=str(device), compile=False,
                            **({"precision": args.precision} if args.precision else {}))
