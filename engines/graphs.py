@@ -34,6 +34,9 @@ class Graph:
     exact: tuple[str, ...] = ()  # inputs kept in fp32 whatever the engine's precision
     # An export-only variant of `module` for an opset (same numbers, ONNX-friendlier ops).
     for_export: Callable[[int], torch.nn.Module] | None = field(default=None, compare=False)
+    # Which build of the module's code, where a change of it changes the export (not its numbers): a new
+    # revision retires the exports cached under the old one.  Empty: the graph's first.
+    revision: str = ""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.dtypes) - set(self.inputs)) + sorted(set(self.exact) - set(self.inputs))
@@ -51,12 +54,14 @@ class Graph:
 
     @property
     def fingerprint(self) -> str:
-        """Everything that changes the exported graph: weights, kind and shapes."""
+        """Everything that changes the exported graph: weights, kind, shapes and the code's revision."""
         contract: dict[str, object] = {"name": self.name, "source": self.source_sha256, "inputs": self.inputs,
                                        "output": self.output}
         declared = {k: v for k, v in self.dtypes.items() if v != "float32"}
         if declared:  # all-fp32 graphs keep the fingerprint (and the ONNX cache) they always had
             contract["dtypes"] = declared
+        if self.revision:  # likewise for graphs at their first revision
+            contract["revision"] = self.revision
         blob = json.dumps(contract, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 

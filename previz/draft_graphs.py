@@ -33,6 +33,10 @@ from previz.frame_timesteps import install as embed_time_per_frame
 from previz.packs import ControlConditioning, Pack, load_component
 from previz.wan_onnx import onnx_friendly
 
+# The denoiser graphs' code revision (engines.graphs.Graph.revision): "time-per-frame" since the time
+# embedding runs once a latent frame, so ONNX exports cached before it are made again, faster.
+DENOISER_REVISION = "time-per-frame"
+
 
 class DenoiserGraph(nn.Module):
     def __init__(self, transformer: Any) -> None:
@@ -176,6 +180,7 @@ def build_denoiser_graph(pack: Pack, width: int, height: int, *, text_tokens: in
             source_sha256=source,
             dtypes=dict.fromkeys(shapes, "float32"),
             exact=("timesteps",),  # 0..1000: bf16 rounds 999 to 1000; Wan's time embedder runs in fp32 anyway
+            revision=DENOISER_REVISION,
             **extra,
         )
 

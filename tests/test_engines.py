@@ -118,6 +118,19 @@ def test_onnx_export_is_cached_by_fingerprint(torch_model, cache_dir):
     assert torch_model.decoder_graph.fingerprint in str(path)
 
 
+def test_a_new_code_revision_retires_the_cached_exports(torch_model):
+    """A graph whose code changed how it exports (not its numbers) gets a new fingerprint, so the ONNX and
+    TensorRT caches make it again; a graph at its first revision keeps the fingerprint it always had."""
+    import dataclasses
+
+    graph = torch_model.denoiser_graph
+    assert graph.revision == "time-per-frame"
+    first = dataclasses.replace(graph, revision="")
+    assert len({graph.fingerprint, first.fingerprint, dataclasses.replace(graph, revision="next").fingerprint}) == 3
+    decoder = torch_model.decoder_graph
+    assert decoder.revision == "" and dataclasses.replace(decoder, revision="").fingerprint == decoder.fingerprint
+
+
 def test_onnx_external_data_outside_the_model_dir_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper
