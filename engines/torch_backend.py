@@ -21,6 +21,7 @@ import torch
 from engines.base import EngineInfo, warmup_with_examples
 from engines.device import checked_device
 from engines.errors import BackendUnavailableError, DeviceOutOfMemoryError
+from engines.gelu_epilogue import fuse_gelu_epilogues
 from engines.graphs import Graph
 from engines.precision import cast_module, check_fp8, quantize_fp8, resolve_precision, torch_dtype
 
@@ -69,6 +70,9 @@ class TorchEngine:
         if gelu_epilogue and self.device.type != "cuda":
             raise BackendUnavailableError(f"the GELU epilogue is cuBLASLt's, on a CUDA GPU only; this engine runs on "
                                           f"{self.device}", field="gelu_epilogue", value="on")
+        if gelu_epilogue and self.precision == "fp8":
+            raise BackendUnavailableError("the GELU epilogue is for bf16, fp16 or fp32 matmuls; fp8's feed-forward "
+                                          "matmuls are torchao's", field="gelu_epilogue", value="on")
         if self.precision == "fp8":
             check_fp8(self.device)  # before any weight is cast or moved
         self.compiled = self.device.type == "cuda" if compile is None else compile
@@ -159,54 +163,10 @@ def set_attention(module: torch.nn.Module, kernel: str) -> bool:
 
 
 def recompile_limit(entries: int) -> None:
-    """Let dynamo keep ``entries`` compiled graphs per graph kind (it falls back to eager, silently slow,
-    past its limit of 8); only ever raised, since the setting is the process's."""
+    """Let dynamo keep ``entries`` compiled graphs per graph kind (past its limit of 8 it runs the graph
+    eager, with only a warning); only ever raised, since the setting is the process's."""
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, entries)
-    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * entries)
-
-
-class GeluEpilogueLinear(torch.nn.Module):
-    """A linear layer then tanh-GELU (diffusers' ``GELU(approximate="tanh")``, Wan's feed-forward input) as
-    one cuBLASLt matmul with the bias and GELU in its epilogue: the [tokens, ffn] activation is written once
-    instead of written, read and written again by a separate GELU kernel.
-
-    ``aten._addmm_activation`` is that call; inductor leaves it as it is (a fallback kernel), and on CUDA
-    its GELU is the tanh approximation.  On any other device it computes exact GELU, so there this module
-    runs the two steps as diffusers does.
-    """
-
-    def __init__(self, proj: torch.nn.Linear) -> None:
-        super().__init__()
-        self.proj = proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_cuda:
-            return torch.nn.functional.gelu(self.proj(x), approximate="tanh")
-        rows = x.reshape(-1, x.shape[-1])
-        out = torch._addmm_activation(self.proj.bias, rows, self.proj.weight.t(), use_gelu=True)
-        return out.view(*x.shape[:-1], out.shape[-1])
-
-
-def fuse_gelu_epilogues(module: torch.nn.Module) -> int:
-    """Swap every tanh-GELU projection inside ``module`` for a :class:`GeluEpilogueLinear` on the same
-    weights, in place; how many there are (fused earlier included: graphs may share a module).
-
-    Recognised by shape rather than class, as :func:`set_attention` does, since engines do not import
-    diffusers: a ``proj`` linear layer with a bias, and ``approximate == "tanh"``.  A layer quantized to
-    fp8 keeps torchao's own matmul.
-    """
-    count = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            proj = getattr(child, "proj", None)
-            if isinstance(child, GeluEpilogueLinear):
-                count += 1
-            elif (getattr(child, "approximate", None) == "tanh" and isinstance(proj, torch.nn.Linear)
-                  and proj.bias is not None and type(proj.weight) is torch.nn.Parameter):  # not fp8's
-                setattr(parent, name, GeluEpilogueLinear(proj))
-                count += 1
-    return count
 
 
 def inductor_cache(cache_dir: Path) -> None:

@@ -8,8 +8,9 @@ block then reads a [tokens, 6, 1536] modulation tensor.
 
 The sampler's timesteps are constant within a latent frame, so the embedding is a function of the frame:
 this wrapper computes it for each frame's first token and spreads it over the frame's tokens.  The numbers
-are the stock embedder's (tests/test_frame_timesteps.py); the work is ``frames`` rows instead of
-``frames * tokens_per_frame``.
+are the stock embedder's (tests/test_frame_timesteps.py); the embedder's work is ``frames`` rows instead of
+``frames * tokens_per_frame``.  The spread itself is a copy in eager torch and in an ONNX export, so there
+the blocks still read per-token modulation; compiled torch may fold it into their indexing.
 """
 
 from __future__ import annotations
@@ -49,5 +50,9 @@ class FrameTimestepEmbedding(nn.Module):
 
 def install(transformer: Any, tokens_per_frame: int) -> None:
     """Put the per-frame time embedding on ``transformer`` (a ``WanTransformer3DModel``), in place, once."""
-    if not isinstance(transformer.condition_embedder, FrameTimestepEmbedding):
-        transformer.condition_embedder = FrameTimestepEmbedding(transformer.condition_embedder, tokens_per_frame)
+    embedder = transformer.condition_embedder
+    if not isinstance(embedder, FrameTimestepEmbedding):
+        transformer.condition_embedder = FrameTimestepEmbedding(embedder, tokens_per_frame)
+    elif embedder.tokens_per_frame != tokens_per_frame:  # one transformer is one draft size (build_denoiser_graph)
+        raise ValueError(f"this transformer embeds time for frames of {embedder.tokens_per_frame} tokens, "
+                         f"not {tokens_per_frame}: load it afresh for another size")

@@ -80,8 +80,12 @@ def test_the_time_embedding_variant_measures_the_stock_embedder(tmp_path, capsys
     bench.embed_time_per_token(module)
     embedder = module.transformer.condition_embedder
     assert not isinstance(embedder, FrameTimestepEmbedding) and type(embedder).__name__ == "WanTimeTextImageEmbedding"
+    spied: list[str] = []
+    real = bench.embed_time_per_token
+    monkeypatch.setattr(bench, "embed_time_per_token", lambda module: (spied.append("once"), real(module))[1])
     assert bench.main(["--small", "--students", "wan21-1.3b", "--variants", "fp32-token-temb,fp32", "--seconds",
                        "0.2", "--packs", str(tmp_path)]) == 0
+    assert spied == ["once"]  # the -token-temb variant's model, not the default's
     rows = {row.split("|")[1].strip(): row.split("|") for row in capsys.readouterr().out.splitlines()
             if row.startswith(("| fp32-token-temb |", "| fp32 |"))}
     assert set(rows) == {"fp32-token-temb", "fp32"}

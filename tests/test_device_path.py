@@ -170,7 +170,7 @@ def test_the_attention_kernel_is_chosen_per_engine_and_checked(test_pack, cache_
 def test_the_gelu_epilogue_swaps_each_feed_forward_gelu_once_on_the_same_weights(test_pack, cache_dir):
     """Each block's tanh-GELU projection becomes one module on the same weights (a second engine on a shared
     module fuses nothing twice); off CUDA it computes what diffusers computes, and an engine refuses it."""
-    from engines.torch_backend import GeluEpilogueLinear, fuse_gelu_epilogues
+    from engines.gelu_epilogue import GeluEpilogueLinear, fuse_gelu_epilogues
     from previz.draft_graphs import build_denoiser_graph
 
     graph = build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384).window
@@ -379,9 +379,11 @@ def test_cudnn_attention_matches_torch_s_own_choice_on_cuda(test_pack, cache_dir
 
 
 @pytest.mark.gpu
-def test_the_gelu_epilogue_on_cuda_matches_diffusers_gelu(test_pack, cache_dir):
+def test_the_gelu_epilogue_on_cuda_replaces_the_gelu_kernel_and_matches_diffusers_gelu(test_pack, cache_dir):
     """cuBLASLt's GELU epilogue is the tanh approximation Wan's feed-forward uses: compiled, within bf16's
-    rounding of the unfused graph, and the engine reports what it fused."""
+    rounding of the unfused graph, with no feed-forward GELU kernel left; fp8 (torchao's matmuls) refuses it."""
+    from torch.profiler import ProfilerActivity, profile
+
     from previz.draft_graphs import build_denoiser_graph
 
     graphs = [build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384).window for _ in range(2)]
@@ -389,8 +391,23 @@ def test_the_gelu_epilogue_on_cuda_matches_diffusers_gelu(test_pack, cache_dir):
                                   gelu_epilogue=on) for g, on in zip(graphs, (False, True), strict=True))
     assert fused.info.details["gelu_epilogue"] == graphs[1].module.transformer.config.num_layers
     inputs = graphs[0].example_inputs(seed=4, device="cuda")
-    ref, out = (e.run(inputs)["velocity"].float() for e in (plain, fused))
+    ref, out = (e.run(inputs)["velocity"].float() for e in (plain, fused))  # the first runs compile
     assert float((out - ref).abs().max()) <= BF16_CALL_TOLERANCE * float(ref.abs().max())
+
+    def gelu_kernels(engine) -> list[str]:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            engine.run(inputs)
+            torch.cuda.synchronize()
+        return [e.name for e in prof.events() if e.device_type.name == "CUDA" and "gelu" in e.name.lower()
+                and e.name.startswith("triton")]
+
+    # Inductor's own GELU kernel is gone from every block (the text projection's GELU is not a feed-forward's).
+    layers = graphs[0].module.transformer.config.num_layers
+    assert len(gelu_kernels(plain)) - len(gelu_kernels(fused)) >= layers
+    if torch.cuda.get_device_capability() >= (8, 9):
+        with pytest.raises(BackendUnavailableError, match="fp8") as err:
+            create_engine("torch", graphs[0], cache_dir, device="cuda", precision="fp8", gelu_epilogue=True)
+        assert err.value.field == "gelu_epilogue"
 
 
 @pytest.mark.gpu

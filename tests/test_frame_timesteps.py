@@ -51,6 +51,8 @@ def test_the_time_embedder_runs_once_a_frame():
         transformer(torch.randn(1, 4, FRAMES, H, W), token_timesteps(torch.tensor([0.0, 0.5, 0.5]), TOKENS),
                     torch.randn(1, 5, 16), return_dict=False)
     assert rows == [FRAMES]  # against FRAMES * TOKENS rows per token
+    with pytest.raises(ValueError, match="load it afresh"):
+        install(transformer, TOKENS * 4)  # the same transformer at another size
 
 
 def test_timesteps_that_are_not_whole_frames_are_refused():

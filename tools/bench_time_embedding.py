@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| per token (stock) | {1000 * token:.1f} ms | 1.00 |")
         print(f"| once a frame | {1000 * frame:.1f} ms | {frame / token:.2f} |")
         print(f"\nlargest difference between the two outputs: {difference:.3g}")
-        return 0 if difference <= 1e-3 * float(outputs["per token"].abs().max()) else 1
+        # fp32 agrees to float rounding; at bf16 a 4-row and a 6,240-row matmul round differently.
+        tolerance = 1e-3 if model.engine_info()["denoiser"]["precision"] == "fp32" else 0.03
+        return 0 if difference <= tolerance * float(outputs["per token"].abs().max()) else 1
 
 
 if __name__ == "__main__":
