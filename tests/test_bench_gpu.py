@@ -29,6 +29,7 @@ def test_bench_gpu_runs_at_the_small_size_on_cpu(tmp_path, capsys, monkeypatch):
         assert f"## {student}, bidirectional context:" in out
     rows = [line for line in out.splitlines() if line.startswith(("| fp32 |", "| bf16 |"))]
     assert len(rows) == 4
+    assert out.count("time to first frame of the synced take:") == 4
     for row in rows:
         fps = float(row.split("|")[2])
         assert fps > 0
@@ -101,3 +102,16 @@ def test_bench_time_embedding_alternates_the_two_embeddings(capsys, monkeypatch)
     out = capsys.readouterr().out
     assert "| per token (stock) |" in out and "| once a frame |" in out
     assert out.count("- call 1,") == 2
+
+
+def test_the_first_frame_is_split_into_host_denoise_decode_and_the_rest(monkeypatch):
+    import types
+
+    bench = load_bench(monkeypatch)
+    stats = types.SimpleNamespace(started=0.0, first_frame_s=0.100)
+    log = [("denoise", 0.010, 0.030), ("denoise", 0.030, 0.050), ("decode", 0.060, 0.070), ("denoise", 0.07, 0.2)]
+    split = bench.first_frame_split(stats, log)
+    assert {k: round(v) for k, v in split.items()} == {
+        "total": 100, "host before the first call": 10, "first window's denoiser calls": 40,
+        "first decoder call": 10, "the rest": 40}
+    assert bench.first_frame_split(types.SimpleNamespace(started=0.0, first_frame_s=None), log) is None

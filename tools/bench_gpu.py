@@ -19,8 +19,10 @@ time to first frame, measured as a server runs a take (nothing waits for the
 device that a server would not); then, from one more take with every engine
 call synchronised (so each stage's time is its own on an asynchronous device),
 the denoise/decode/rest split and the achieved TFLOP/s of the denoiser against
-a measured matmul peak at the same dtype; and the compile time (the warm-up run
-of a compiled engine).  Prints markdown for BENCHMARKS.md.
+a measured matmul peak at the same dtype, and that take's time to first frame
+split into the host's work before the first call, the first window's denoiser
+calls, the first decoder call and the rest; and the compile time (the warm-up
+run of a compiled engine).  Prints markdown for BENCHMARKS.md.
 
     python tools/bench_gpu.py                       # CUDA, both students, fp32 / bf16 / bf16 compiled
     python tools/bench_gpu.py --students wan21-1.3b --variants bf16,bf16-compiled,bf16-cudagraphs
@@ -140,16 +142,19 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, small: bool) ->
 
 class Synced:
     """An engine whose run() returns only when the device is done, so stage times are the stage's own;
-    it counts its calls."""
+    it counts its calls, and logs each as (stage, start, end) in ``log`` (shared by a take's engines)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, stage: str, log: list[tuple[str, float, float]]) -> None:
         self.engine, self.info, self.device = engine, engine.info, engine.device
+        self.stage, self.log = stage, log
         self.calls = 0
 
     def run(self, inputs: Any) -> Any:
+        start = time.perf_counter()
         out = self.engine.run(inputs)
         sync(self.device)
         self.calls += 1
+        self.log.append((self.stage, start, time.perf_counter()))
         return out
 
     def warmup(self) -> None:
@@ -157,6 +162,21 @@ class Synced:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def first_frame_split(stats: Any, log: list[tuple[str, float, float]]) -> dict[str, float] | None:
+    """The synced take's time to first frame, in ms: the host's work before the first denoiser call, the
+    first window's denoiser calls, the first decoder call, and what is left (the sampler's own steps, the
+    copy of the frames to the host)."""
+    decodes = [(start, end) for stage, start, end in log if stage == "decode"]
+    if stats.first_frame_s is None or not decodes or not log:
+        return None
+    first_decode = decodes[0]
+    before = [end - start for stage, start, end in log if stage == "denoise" and end <= first_decode[0]]
+    split = {"total": stats.first_frame_s, "host before the first call": log[0][1] - stats.started,
+             "first window's denoiser calls": sum(before), "first decoder call": first_decode[1] - first_decode[0]}
+    split["the rest"] = split["total"] - sum(v for k, v in split.items() if k != "total")
+    return {k: 1000 * v for k, v in split.items()}
 
 
 def build_pack(student: Student, root: Path, width: int, height: int, text_tokens: int, decoder_channels: int,
@@ -292,14 +312,15 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     # The split from one more take with every engine call synchronised, so each stage's time is its own
     # on an asynchronous device (those syncs cost a little fps, so this take's wall is reported beside it).
     dtype = torch_dtype(info["denoiser"]["precision"])
-    denoisers = [(Synced(model.denoiser), model.denoiser_graph)]
+    log: list[tuple[str, float, float]] = []
+    denoisers = [(Synced(model.denoiser, "denoise", log), model.denoiser_graph)]
     model.denoiser = denoisers[0][0]
     if model.context_pass is not None and model.cached_step is not None:  # a block-causal student
-        denoisers += [(Synced(model.context_pass), model.denoiser_graphs.context),
-                      (Synced(model.cached_step), model.denoiser_graphs.cached)]
+        denoisers += [(Synced(model.context_pass, "denoise", log), model.denoiser_graphs.context),
+                      (Synced(model.cached_step, "denoise", log), model.denoiser_graphs.cached)]
         model.context_pass, model.cached_step = denoisers[1][0], denoisers[2][0]
     if isinstance(model.frame_decoder, EngineFrameDecoder):
-        model.frame_decoder.engine = Synced(model.frame_decoder.engine)
+        model.frame_decoder.engine = Synced(model.frame_decoder.engine, "decode", log)
     wall, split = take(repeats + 1)
     denoise, decode, steps = split.denoise_s, split.decode_s, split.denoiser_calls
     take_flop = sum(engine.calls * graph_flop(graph, device, dtype) for engine, graph in denoisers)
@@ -326,6 +347,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         "params_b": sum(p.numel() for p in model.denoiser_graph.module.parameters()) / 1e9,
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "profile": profiled,
+        "first_frame_split": first_frame_split(split, log),
     }
     model.close()
     if device.type == "cuda":
@@ -402,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             text = TextEncoder(pack, device=device)  # bf16 on CUDA, shared by every variant (its cache too)
             unit, scale = ("GFLOP/s", 1e3) if args.small else ("TFLOP/s", 1.0)
             profiles: list[tuple[str, Any]] = []
+            splits: list[tuple[str, dict[str, float] | None]] = []
             failures: list[str] = []
             for variant in variants:
                 # Each row prints as soon as it is measured, so a run cut short keeps what it finished, and a
@@ -414,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                         torch.cuda.empty_cache()
                     continue
                 profiles.append((variant, r["profile"]))
+                splits.append((variant, r["first_frame_split"]))
                 if len(profiles) == 1:
                     params = r["params_b"]
                     size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
@@ -431,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['denoise_step_ms']:.1f} ms | {r['denoise_tflops'] * scale:.2f} "
                       f"({100 * r['denoise_tflops'] / peak:.0f}%)"
                       f" | {compile_} | {memory} |", flush=True)
+            for variant, split in splits:
+                if split is not None:
+                    print(f"- **{variant}, time to first frame of the synced take:** {split['total']:.0f} ms = "
+                          + " + ".join(f"{k} {v:.0f}" for k, v in split.items() if k != "total"), flush=True)
             for variant, profile in profiles:
                 if profile is not None:
                     print_profile(variant, profile)
