@@ -230,18 +230,47 @@ def run_module_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProces
                           timeout=timeout, env=env, cwd=repo)
 
 
-@pytest.fixture
-def traced_eagerly(monkeypatch):
-    """torch.compile in the engines traced by dynamo's ``eager`` backend (the same guards, no inductor), so
-    a compiled take runs in seconds on a CPU; yields dynamo's counters (``["stats"]["unique_graphs"]``)."""
+def trace_engine_compiles(monkeypatch, backend) -> None:
+    """torch.compile in the engines traced by dynamo with ``backend`` instead of inductor (the same guards),
+    so a compiled engine runs in seconds on a CPU.  With the ``dynamo_reset`` fixture."""
     import torch
-    from torch._dynamo.utils import counters
 
     import engines.torch_backend
 
     real_compile = torch.compile
     monkeypatch.setattr(engines.torch_backend.torch, "compile",
-                        lambda module, mode=None, **options: real_compile(module, backend="eager", **options))
+                        lambda module, mode=None, **options: real_compile(module, backend=backend, **options))
+
+
+@pytest.fixture
+def dynamo_reset():
+    """Dynamo's compiled code and counters cleared before and after the test."""
+    import torch
+
     torch._dynamo.reset()
-    yield counters
+    yield
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def traced_eagerly(monkeypatch, dynamo_reset):
+    """The engines' torch.compile traced by dynamo's ``eager`` backend; dynamo's counters
+    (``["stats"]["unique_graphs"]``)."""
+    from torch._dynamo.utils import counters
+
+    trace_engine_compiles(monkeypatch, "eager")
+    return counters
+
+
+def traced_take(pack: Pack, cache_dir: Path, text_encoder, counters, seconds: float) -> tuple[int, list, int]:
+    """A compiled DraftModel's warm-up, then one take: (graphs traced by the warm-up, the take's frames,
+    graphs traced by the end of the take)."""
+    from previz.recipe import Recipe
+    from previz.take import DraftModel
+
+    model = DraftModel(pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True)
+    model.warmup()
+    warm = counters["stats"]["unique_graphs"]
+    frames = list(model.generate(Recipe(prompt="a dolly past a diner", seed=1, seconds=seconds,
+                                        camera={"preset": "dolly_in"})))
+    return warm, frames, counters["stats"]["unique_graphs"]

@@ -11,7 +11,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_PACK, TEST_TRANSFORMER, make_test_pack
+from conftest import TEST_PACK, TEST_TRANSFORMER, make_test_pack, traced_take
 
 from previz.causal_context import block_causal_mask, install
 from previz.draft_graphs import build_denoiser_graph
@@ -244,17 +244,10 @@ def test_a_compiled_take_traces_each_graph_once(causal_pack, cache_dir, text_enc
 
     Traced with dynamo's ``eager`` backend (the same guards, no inductor), so it runs in seconds on a CPU.
     """
-    from previz.take import DraftModel
-
-    counters = traced_eagerly
-    model = DraftModel(causal_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True)
-    model.warmup()
-    graphs = counters["stats"]["unique_graphs"]
+    graphs, frames, after = traced_take(causal_pack, cache_dir, text_encoder, traced_eagerly, seconds=1.0)
     assert graphs >= 4  # the whole window, the context pass, the cached step and the decoder
-    frames = list(model.generate(Recipe(prompt="a dolly past a diner", seed=1, seconds=1.0,
-                                        camera={"preset": "dolly_in"})))
     assert len(frames) == 30
-    assert counters["stats"]["unique_graphs"] == graphs  # nothing traced again in the take
+    assert after == graphs  # nothing traced again in the take
 
 
 @pytest.mark.gpu

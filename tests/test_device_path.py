@@ -10,7 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import LiveServer
+from conftest import LiveServer, trace_engine_compiles, traced_take
 from test_server import open_client
 
 from engines import create_engine
@@ -237,17 +237,10 @@ def test_a_take_never_recompiles_what_the_warm_up_compiled(test_pack, cache_dir,
 
     Traced with dynamo's ``eager`` backend (the same guards, no inductor), so it runs in seconds on a CPU.
     """
-    from previz.take import DraftModel
-
-    counters = traced_eagerly
-    model = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True)
-    model.warmup()
-    graphs = counters["stats"]["unique_graphs"]
+    graphs, frames, after = traced_take(test_pack, cache_dir, text_encoder, traced_eagerly, seconds=0.5)
     assert graphs >= 2  # the denoiser and the decoder were traced by the warm-up
-    frames = list(model.generate(Recipe(prompt="a dolly past a diner", seed=1, seconds=0.5,
-                                        camera={"preset": "dolly_in"})))
     assert len(frames) == 15
-    assert counters["stats"]["unique_graphs"] == graphs  # nothing traced again in the take
+    assert after == graphs  # nothing traced again in the take
 
 
 def test_a_graph_a_bf16_engine_has_cast_is_never_exported_as_the_fp32_one(test_pack, cache_dir):
@@ -451,13 +444,11 @@ def test_a_window_is_queued_without_the_host_waiting_for_the_device(test_pack, c
         assert len(list(frames)) > 0
 
 
-def test_a_model_at_another_size_gets_its_own_static_graphs(test_pack, cache_dir, text_encoder, monkeypatch):
+def test_a_model_at_another_size_gets_its_own_static_graphs(test_pack, cache_dir, text_encoder, monkeypatch,
+                                                            dynamo_reset):
     """Dynamo keys its compiled code by the graph's Python code, which every DraftModel shares, and by
     default recompiles a second shape with symbolic sizes (slower kernels, a longer compile).  A server
     that changes size, or a benchmark that runs two students, must get a static graph for each."""
-    import torch
-
-    import engines.torch_backend
     from previz.take import DraftModel
 
     symbolic: list[bool] = []
@@ -468,15 +459,8 @@ def test_a_model_at_another_size_gets_its_own_static_graphs(test_pack, cache_dir
                             and any(isinstance(d, torch.SymInt) for d in v.shape) for v in values))
         return gm.forward
 
-    real_compile = torch.compile
-    monkeypatch.setattr(engines.torch_backend.torch, "compile",
-                        lambda module, **options: real_compile(module, **{**options, "backend": recording,
-                                                                          "mode": None}))
-    torch._dynamo.reset()
-    try:
-        for width, height in ((64, 64), (96, 64)):
-            DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True,
-                       width=width, height=height).warmup()
-    finally:
-        torch._dynamo.reset()
+    trace_engine_compiles(monkeypatch, recording)
+    for width, height in ((64, 64), (96, 64)):
+        DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True,
+                   width=width, height=height).warmup()
     assert len(symbolic) >= 4 and not any(symbolic)  # both models' denoiser and decoder, each static
