@@ -307,7 +307,9 @@ class DraftModel:
             kv = context_pass.run(inputs)["kv"]
         stats.context_calls += 1
         stats.denoise_s += time.perf_counter() - start
-        conditioning = {"text": prompt_states, "kv": kv, **{name: value[:, :, n_ctx:] for name, value in extra.items()}}
+        # The new frames' conditioning made contiguous once here, not by the engine at each of the window's steps.
+        conditioning = {"text": prompt_states, "kv": kv,
+                        **{name: value[:, :, n_ctx:].contiguous() for name, value in extra.items()}}
 
         def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             start = time.perf_counter()
