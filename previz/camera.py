@@ -624,16 +624,24 @@ def plucker(c2w: np.ndarray, k: np.ndarray, width: int, height: int) -> np.ndarr
     ``c2w`` is in the OpenCV convention; ``k`` are intrinsics at this resolution.
     """
     v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
-    pix = np.stack([u, v, np.ones_like(u)], axis=-1).reshape(-1, 3)  # [HW, 3]
-    # Pixel -> world direction is one 3x3 map per pose, R K^-1: one batched matmul (BLAS). Two per-pixel
-    # einsums made these maps 4x slower (33 against 8 ms a window at 832x480), on a take's critical path.
+    pix = np.stack([u.ravel(), v.ravel(), np.ones(height * width)])  # [3, HW]
+    # Both halves are linear in the pixel until d is normalised: n = R K^-1 pix and o x n = [o]x n. So one
+    # [6, 3] matrix per pose maps the pixels straight to [N, 6, HW] rays, channels first, and the norm
+    # divides both halves after. The first window's maps are on a take's critical path: at 832x480 they
+    # went from 11-14 ms (per-pixel cross products, then a transpose) to about 2 (tools/bench_window_inputs.py).
     to_world = c2w[:, :3, :3] @ np.linalg.inv(k)  # [N, 3, 3]
-    dirs = pix @ to_world.transpose(0, 2, 1)  # [N, HW, 3]
-    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
-    origins = np.broadcast_to(c2w[:, None, :3, 3], dirs.shape)
-    moment = np.cross(origins, dirs)
-    rays = np.concatenate([moment, dirs], axis=-1)  # [N, HW, 6]
-    return rays.reshape(len(c2w), height, width, 6).transpose(0, 3, 1, 2).astype(np.float32)
+    rays = np.concatenate([cross_matrix(c2w[:, :3, 3]) @ to_world, to_world], axis=1) @ pix  # [N, 6, HW]
+    rays /= np.linalg.norm(rays[:, 3:], axis=1, keepdims=True)
+    return rays.astype(np.float32).reshape(len(c2w), 6, height, width)
+
+
+def cross_matrix(o: np.ndarray) -> np.ndarray:
+    """[N, 3] vectors -> [N, 3, 3] matrices with ``cross_matrix(o) @ x == np.cross(o, x)``."""
+    m = np.zeros((len(o), 3, 3))
+    m[:, 0, 1], m[:, 0, 2] = -o[:, 2], o[:, 1]
+    m[:, 1, 0], m[:, 1, 2] = o[:, 2], -o[:, 0]
+    m[:, 2, 0], m[:, 2, 1] = -o[:, 1], o[:, 0]
+    return m
 
 
 def plucker_latent(path: CameraPath, *, fps: float, frames: int, width: int, height: int,
@@ -657,4 +665,5 @@ def plucker_latent(path: CameraPath, *, fps: float, frames: int, width: int, hei
     c2w = relative_to_first(to_opencv(pose.c2w))  # frame 0 is needed[0]
     rays = plucker(c2w, pose.intrinsics(lat_w, lat_h), lat_w, lat_h)  # intrinsics scale with the map
     row = {frame: i for i, frame in enumerate(needed)}
-    return np.stack([rays[[row[f] for f in g]].reshape(6 * temporal, lat_h, lat_w) for g in chosen])
+    picked = rays[np.array([[row[f] for f in g] for g in chosen])]  # one gather: [latents, temporal, 6, h, w]
+    return picked.reshape(len(chosen), 6 * temporal, lat_h, lat_w)

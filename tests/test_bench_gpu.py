@@ -115,3 +115,15 @@ def test_the_first_frame_is_split_into_host_denoise_decode_and_the_rest(monkeypa
         "total": 100, "host before the first call": 10, "first window's denoiser calls": 40,
         "first decoder call": 10, "the rest": 40}
     assert bench.first_frame_split(types.SimpleNamespace(started=0.0, first_frame_s=None), log) is None
+
+
+def test_bench_window_inputs_times_both_layouts(capsys, monkeypatch):
+    load_bench(monkeypatch)  # its sibling modules importable
+    spec = importlib.util.spec_from_file_location("bench_window_inputs", ROOT / "tools" / "bench_window_inputs.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--width", "128", "--height", "64", "--repeats", "1"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| wan")]
+    assert [row[1].strip() for row in rows] == ["wan21-1.3b", "wan22-5b"]
+    assert all(cell.strip().endswith(" ms") for row in rows for cell in row[2:5])

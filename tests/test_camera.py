@@ -201,6 +201,19 @@ def test_plucker_rays_are_unit_with_perpendicular_moments():
     np.testing.assert_allclose(np.einsum("nchw,nchw->nhw", moment, direction), 0.0, atol=1e-5)
 
 
+def test_plucker_rays_are_the_textbook_per_pixel_cross_product():
+    # plucker() maps pixels with one matrix per pose; the definition is o x d with d = R K^-1 pixel, unit.
+    pose = frames(preset_path("orbit_left", 1.0, speed=2.0), 1.0)
+    c2w, k = to_opencv(pose.c2w), pose.intrinsics(24, 14)
+    v, u = np.meshgrid(np.arange(14) + 0.5, np.arange(24) + 0.5, indexing="ij")
+    pix = np.stack([u, v, np.ones_like(u)], axis=-1)  # [h, w, 3]
+    d = np.einsum("nij,njk,hwk->nhwi", c2w[:, :3, :3], np.linalg.inv(k), pix)
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    o = np.broadcast_to(c2w[:, None, None, :3, 3], d.shape)
+    expected = np.concatenate([np.cross(o, d), d], axis=-1).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(plucker(c2w, k, 24, 14), expected, rtol=0, atol=1e-6)
+
+
 def test_plucker_latent_folds_four_frames_into_24_channels():
     path = preset_path("dolly_in", 4.0)
     maps = plucker_latent(path, fps=30, frames=120, width=256, height=144, temporal=4, spatial=8,
