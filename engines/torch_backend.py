@@ -6,6 +6,12 @@ On CPU they are fp32 and eager: inductor's CPU code is no faster for these
 graphs and a compile costs a CPU user minutes.  Inductor keeps its compiled
 kernels under the engine cache (``<cache_dir>/inductor``), so the second start
 of a server reuses the first one's work.
+
+``compile_scope="blocks"`` compiles only a transformer's repeated blocks
+(regional compilation, diffusers' ``_repeated_blocks``): its 30 layers are one
+compiled graph, reused, instead of 30 copies in one graph, so the first compile
+is several times quicker; what runs around the blocks (embeddings, the output
+projection) stays eager.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from engines.precision import cast_module, check_fp8, quantize_fp8, resolve_prec
 # worth it where kernel launches dominate: small windows on a fast GPU), or the "max-autotune" ones,
 # which time several kernels for each matmul and keep the fastest (a much longer first compile).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# What torch.compile is given: the whole graph, or each of its repeated blocks (see the top).
+COMPILE_SCOPES = ("model", "blocks")
 # Which kernel computes attention, by the names diffusers' attention dispatcher gives them.  "sdpa" is
 # torch's own choice (for bf16 on an H100, torch 2.11: cuDNN's fused kernel, profiled in BENCHMARKS.md);
 # the others pin one of torch's fused kernels.  Graphs without a diffusers attention module ignore it.
@@ -47,8 +55,8 @@ def unavailable_reason() -> str | None:
 
 class TorchEngine:
     def __init__(self, graph: Graph, *, device: str = "cpu", precision: str | None = None,
-                 compile: bool | None = None, compile_mode: str = "default", cache_dir: Path | None = None,
-                 attention: str = "sdpa", gelu_epilogue: bool = False) -> None:
+                 compile: bool | None = None, compile_mode: str = "default", compile_scope: str = "model",
+                 cache_dir: Path | None = None, attention: str = "sdpa", gelu_epilogue: bool = False) -> None:
         self.graph = graph
         self.device = checked_device(device)
         self.queues_work = self.device.type == "cuda"  # CUDA kernels are queued; a CPU runs them in run()
@@ -57,6 +65,12 @@ class TorchEngine:
         if compile_mode not in COMPILE_MODES:
             raise BackendUnavailableError(f"compile mode {compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}",
                                           field="compile", value=compile_mode)
+        if compile_scope not in COMPILE_SCOPES:
+            raise BackendUnavailableError(f"compile scope {compile_scope!r}: choose one of {', '.join(COMPILE_SCOPES)}",
+                                          field="compile", value=compile_scope)
+        if compile_scope == "blocks" and compile_mode == "reduce-overhead":
+            raise BackendUnavailableError("CUDA graphs capture a whole graph: compile the model, not its blocks, "
+                                          "with them", field="compile", value=compile_scope)
         if attention not in ATTENTION_KERNELS:
             raise BackendUnavailableError(f"attention {attention!r}: choose one of {', '.join(ATTENTION_KERNELS)}",
                                           field="attention", value=attention)
@@ -90,10 +104,16 @@ class TorchEngine:
         # symbolic sizes, a slower graph.  Each size gets its own graph, within a raised recompile limit.
         if self.compiled:
             recompile_limit(COMPILED_SHAPES)
-        self._fn: Any = torch.compile(module, mode=compile_mode, dynamic=False) if self.compiled else module
+        blocks = compile_blocks(module, compile_mode) if self.compiled and compile_scope == "blocks" else 0
+        # A graph with no repeated blocks (a decoder) is compiled whole whatever the scope: it is small.
+        compile_whole = self.compiled and not blocks
+        self._fn: Any = torch.compile(module, mode=compile_mode, dynamic=False) if compile_whole else module
         details: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
         if self.compiled:
             details["compile_mode"] = compile_mode
+            details["compile_scope"] = "blocks" if blocks else "model"
+        if blocks:
+            details["compiled_blocks"] = blocks
         if has_attention:
             details["attention"] = attention
         if fused_gelus:
@@ -162,6 +182,22 @@ def set_attention(module: torch.nn.Module, kernel: str) -> bool:
     return bool(routable)
 
 
+def compile_blocks(module: torch.nn.Module, mode: str) -> int:
+    """Compile, in place, every repeated block inside ``module``: the modules whose class a diffusers model
+    names in its ``_repeated_blocks`` (Wan: ``WanTransformerBlock``).  How many there are (0: none).
+
+    Each block gets ``torch.compile`` of its own call, and dynamo compiles the blocks' shared code once per
+    input shape (and, for a block-causal student, per context mode), guarded, for all of them.  Idempotent:
+    graphs that share a transformer (a block-causal student's three) compile its blocks once.
+    """
+    names = {name for m in module.modules() for name in getattr(m, "_repeated_blocks", None) or ()}
+    blocks = [m for m in module.modules() if type(m).__name__ in names]
+    for block in blocks:
+        if getattr(block, "_compiled_call_impl", None) is None:
+            block.compile(mode=mode, dynamic=False)
+    return len(blocks)
+
+
 def recompile_limit(entries: int) -> None:
     """Let dynamo keep ``entries`` compiled graphs per graph kind (past its limit of 8 it runs the graph
     eager, with only a warning); only ever raised, since the setting is the process's."""
@@ -179,7 +215,8 @@ def create(graph: Graph, cache_dir: Path, **options: Any) -> TorchEngine:
     compile_ = options.get("compile")
     return TorchEngine(graph, device=str(options.get("device") or _default_device()),
                        precision=options.get("precision"), compile=None if compile_ is None else bool(compile_),
-                       compile_mode=str(options.get("compile_mode") or "default"), cache_dir=cache_dir,
+                       compile_mode=str(options.get("compile_mode") or "default"),
+                       compile_scope=str(options.get("compile_scope") or "model"), cache_dir=cache_dir,
                        attention=str(options.get("attention") or "sdpa"),
                        gelu_epilogue=bool(options.get("gelu_epilogue")))
 

@@ -19,6 +19,11 @@ diffusers' own Flux2 Klein KV pipeline caches its reference images.  One :class:
 transformer says what the processors do on the next call.  Every graph sets the whole slot before it runs
 the transformer (:meth:`ContextSlot.use`), so a call that failed half way leaves no mode behind for the next;
 ``DraftModel`` also lets go of the keys and values such a call leaves in the slot.
+
+Each layer's processor holds its own :class:`LayerKV` rather than an index into a shared cache, so every
+block runs the same code on the same kinds of values: ``torch.compile`` can then compile one block and
+reuse it for all of them (regional compilation, ``engines.torch_backend``'s ``compile_scope="blocks"``),
+where a Python int per layer, or a list each layer appends to, would make it compile every layer anew.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ MODES = ("full", "masked", "record", "attend")
 
 
 @dataclass
+class LayerKV:
+    """One layer's keys and values of the context, [2, B, S_context, heads * head_dim]: given to the layer
+    (``attend``) or recorded by it (``record``)."""
+
+    kv: torch.Tensor | None = None
+
+
+@dataclass
 class ContextSlot:
     """What every layer's self-attention does on the transformer's next call.
 
@@ -41,22 +54,31 @@ class ContextSlot:
 
     - ``full``: plain attention over the tokens given (stock diffusers);
     - ``masked``: attention under ``mask`` [B, 1, S, S] (True: may attend), for training;
-    - ``record``: plain attention, and each layer's keys and values are kept in ``recorded``;
+    - ``record``: plain attention, and each layer keeps its keys and values (read them with :meth:`recorded`);
     - ``attend``: the tokens are the new frames, placed ``frame_offset`` latent frames into the window,
       and attend to ``kv`` [layers, 2, B, S_context, heads * head_dim] followed by themselves.
     """
 
     mode: str = "full"
     mask: torch.Tensor | None = None
-    kv: torch.Tensor | None = None
     frame_offset: int = 0
-    recorded: list[torch.Tensor] = field(default_factory=list)
+    layers: list[LayerKV] = field(default_factory=list)  # one per transformer block, in order
 
     def use(self, mode: str, *, mask: torch.Tensor | None = None, kv: torch.Tensor | None = None,
             frame_offset: int = 0) -> None:
         if mode not in MODES:  # a misspelt mode would otherwise run as plain attention
             raise ValueError(f"context slot mode {mode!r}: choose one of {', '.join(MODES)}")
-        self.mode, self.mask, self.kv, self.frame_offset, self.recorded = mode, mask, kv, frame_offset, []
+        if (mode == "attend") != (kv is not None):
+            raise ValueError("context slot: keys and values are given in attend mode, and only there")
+        self.mode, self.mask, self.frame_offset = mode, mask, frame_offset
+        for i, layer in enumerate(self.layers):
+            layer.kv = None if kv is None else kv[i]
+
+    def recorded(self) -> torch.Tensor:
+        """The keys and values the layers recorded, [layers, 2, B, S_context, heads * head_dim]."""
+        if any(layer.kv is None for layer in self.layers):
+            raise RuntimeError("context slot: no recorded keys and values (run the transformer in record mode)")
+        return torch.stack([layer.kv for layer in self.layers])  # type: ignore[misc]
 
 
 def rotate(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -83,15 +105,15 @@ def _processor_class() -> Any:
         cache serves this processor and its ONNX-native twin (:meth:`onnx_native`).
         """
 
-        def __init__(self, layer: int, slot: ContextSlot, native: bool = False) -> None:
+        def __init__(self, cache: LayerKV, slot: ContextSlot, native: bool = False) -> None:
             super().__init__()
-            self.layer = layer
+            self.cache = cache  # this layer's own, so that every layer runs the same code (see the top)
             self.slot = slot
             self.native = native
 
         def onnx_native(self) -> Any:
             """The same processor on ONNX opset 23's RotaryEmbedding and Attention ops (``previz.wan_onnx``)."""
-            return type(self)(self.layer, self.slot, native=True)
+            return type(self)(self.cache, self.slot, native=True)
 
         def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                      attention_mask: torch.Tensor | None = None,
@@ -103,11 +125,12 @@ def _processor_class() -> Any:
                 q, k = self._rotate(attn, q, rotary_emb), self._rotate(attn, k, rotary_emb)
             mask = None
             if slot.mode == "record":
-                slot.recorded.append(torch.stack([k, v]))
+                self.cache.kv = torch.stack([k, v])
             elif slot.mode == "attend":
-                assert slot.kv is not None
-                k = torch.cat([slot.kv[self.layer, 0].to(k.dtype), k], dim=1)
-                v = torch.cat([slot.kv[self.layer, 1].to(v.dtype), v], dim=1)
+                kv = self.cache.kv
+                assert kv is not None
+                k = torch.cat([kv[0].to(k.dtype), k], dim=1)
+                v = torch.cat([kv[1].to(v.dtype), v], dim=1)
             elif slot.mode == "masked":
                 mask = slot.mask
             out = self._attend(attn, q, k, v, mask).type_as(q)
@@ -163,8 +186,9 @@ def install(transformer: Any) -> ContextSlot:
         return existing
     slot = ContextSlot()
     processor = _processor_class()
-    for layer, block in enumerate(transformer.blocks):
-        block.attn1.set_processor(processor(layer, slot))
+    for block in transformer.blocks:
+        slot.layers.append(LayerKV())
+        block.attn1.set_processor(processor(slot.layers[-1], slot))
     transformer.rope = OffsetRope(transformer.rope, slot)
     transformer.context_slot = slot
     return slot
@@ -196,7 +220,7 @@ class ContextPass(SlotGraph):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         self.slot.use("record")
         self.denoiser(*inputs)  # its velocity for the context is not needed
-        kv = torch.stack(self.slot.recorded)
+        kv = self.slot.recorded()
         self.slot.use("full")  # let go of the recorded tensors
         return kv
 

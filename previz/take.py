@@ -96,9 +96,9 @@ class DraftModel:
         **engine_options: Any,
     ) -> None:
         """``engine_options`` go to both engines: ``precision`` (fp32 | bf16 | fp16 | fp8; default bf16 on
-        CUDA, fp32 on CPU), ``compile`` (torch.compile; default on CUDA), ``compile_mode``, ``attention``
-        (torch's attention kernel; see engines.torch_backend), ``gelu_epilogue`` (CUDA: the feed-forward's
-        GELU in its matmul's epilogue), ``device``."""
+        CUDA, fp32 on CPU), ``compile`` (torch.compile; default on CUDA), ``compile_mode``, ``compile_scope``
+        (model | blocks), ``attention`` (torch's attention kernel), ``gelu_epilogue`` (CUDA: the
+        feed-forward's GELU in its matmul's epilogue): see engines.torch_backend; and ``device``."""
         if pack.draft is None:
             raise ValueError(f"pack {pack.id!r} is not a draft pack")
         self.pack = pack
@@ -174,8 +174,8 @@ class DraftModel:
         info = {
             name: {"backend": e.info.backend, "device": e.info.device, "precision": e.info.precision,
                    "providers": list(e.info.providers),
-                   **{k: e.info.details[k] for k in ("compile_mode", "compile_s", "attention", "gelu_epilogue")
-                      if k in e.info.details}}
+                   **{k: e.info.details[k] for k in ("compile_mode", "compile_scope", "compile_s", "attention",
+                                                     "gelu_epilogue") if k in e.info.details}}
             for name, e in (("denoiser", self.denoiser), ("decoder", self.frame_decoder))
         } | {"text": {"device": str(self.text.device), "precision": self.text.precision}}
         if self.context_pass is not None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,10 +247,13 @@ def trace_engine_compiles(monkeypatch, backend) -> None:
 def dynamo_reset():
     """Dynamo's compiled code and counters cleared before and after the test."""
     import torch
+    from torch._dynamo.utils import counters
 
-    torch._dynamo.reset()
+    torch._dynamo.reset()  # leaves the counters as they are
+    counters.clear()
     yield
     torch._dynamo.reset()
+    counters.clear()
 
 
 @pytest.fixture
@@ -262,13 +266,14 @@ def traced_eagerly(monkeypatch, dynamo_reset):
     return counters
 
 
-def traced_take(pack: Pack, cache_dir: Path, text_encoder, counters, seconds: float) -> tuple[int, list, int]:
+def traced_take(pack: Pack, cache_dir: Path, text_encoder, counters, seconds: float,
+                **options: Any) -> tuple[int, list, int]:
     """A compiled DraftModel's warm-up, then one take: (graphs traced by the warm-up, the take's frames,
-    graphs traced by the end of the take)."""
+    graphs traced by the end of the take).  ``options`` go to the engines."""
     from previz.recipe import Recipe
     from previz.take import DraftModel
 
-    model = DraftModel(pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True)
+    model = DraftModel(pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True, **options)
     model.warmup()
     warm = counters["stats"]["unique_graphs"]
     frames = list(model.generate(Recipe(prompt="a dolly past a diner", seed=1, seconds=seconds,

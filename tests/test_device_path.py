@@ -238,9 +238,52 @@ def test_a_take_never_recompiles_what_the_warm_up_compiled(test_pack, cache_dir,
     Traced with dynamo's ``eager`` backend (the same guards, no inductor), so it runs in seconds on a CPU.
     """
     graphs, frames, after = traced_take(test_pack, cache_dir, text_encoder, traced_eagerly, seconds=0.5)
-    assert graphs >= 2  # the denoiser and the decoder were traced by the warm-up
+    assert graphs == 2  # the denoiser and the decoder were traced by the warm-up
     assert len(frames) == 15
     assert after == graphs  # nothing traced again in the take
+
+
+def test_compiled_by_blocks_the_transformer_s_layers_share_one_graph(test_pack, cache_dir, text_encoder,
+                                                                     traced_eagerly):
+    """``compile_scope="blocks"``: each layer is compiled in place and all share one traced graph; the decoder,
+    which has no repeated blocks, is compiled whole.  A take traces nothing more."""
+    from previz.take import DraftModel
+
+    graphs, frames, after = traced_take(test_pack, cache_dir, text_encoder, traced_eagerly, seconds=0.5,
+                                        compile_scope="blocks")
+    assert graphs == 2 and after == graphs and len(frames) == 15
+    model = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True,
+                       compile_scope="blocks")
+    denoiser, decoder = (model.engine_info()[name] for name in ("denoiser", "decoder"))
+    assert denoiser["compile_scope"] == "blocks" and decoder["compile_scope"] == "model"
+    blocks = model.denoiser_graph.module.transformer.blocks
+    assert model.denoiser.info.details["compiled_blocks"] == len(blocks) >= 2
+
+
+def test_a_compile_scope_is_checked_with_the_reason(test_pack, cache_dir):
+    from previz.draft_graphs import build_decoder_graph
+
+    graph = build_decoder_graph(test_pack, 64, 32)
+    with pytest.raises(BackendUnavailableError, match="compile scope 'layers'") as err:
+        create_engine("torch", graph, cache_dir, device="cpu", compile=True, compile_scope="layers")
+    assert err.value.field == "compile"
+    with pytest.raises(BackendUnavailableError, match="CUDA graphs capture a whole graph"):
+        create_engine("torch", graph, cache_dir, device="cpu", compile=True, compile_scope="blocks",
+                      compile_mode="reduce-overhead")
+
+
+def test_the_compile_flag_maps_to_engine_options():
+    import argparse
+
+    from previz.cli import add_engine_flags, engine_options
+
+    parser = argparse.ArgumentParser()
+    add_engine_flags(parser)
+    assert engine_options(parser.parse_args([])) == {}
+    assert engine_options(parser.parse_args(["--compile", "blocks"])) == {"compile": True, "compile_scope": "blocks"}
+    assert engine_options(parser.parse_args(["--compile", "cuda-graphs"])) == {"compile": True,
+                                                                              "compile_mode": "reduce-overhead"}
+    assert engine_options(parser.parse_args(["--compile", "off"])) == {"compile": False}
 
 
 def test_a_graph_a_bf16_engine_has_cast_is_never_exported_as_the_fp32_one(test_pack, cache_dir):
@@ -346,12 +389,15 @@ def test_torch_on_cuda_matches_cpu_fp32(torch_model, test_pack, cache_dir, text_
 
 
 @pytest.mark.gpu
-def test_compiled_equals_eager_on_cuda(test_pack, cache_dir, text_encoder):
+@pytest.mark.parametrize("scope", ["model", "blocks"])
+def test_compiled_equals_eager_on_cuda(test_pack, cache_dir, text_encoder, scope):
     from previz.take import DraftModel
 
     eager = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda", compile=False)
-    compiled = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda", compile=True)
+    compiled = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda", compile=True,
+                          compile_scope=scope)
     compiled.warmup()
+    assert compiled.engine_info()["denoiser"]["compile_scope"] == scope
     assert compiled.engine_info()["denoiser"]["compile_s"] > 0
     recipe = Recipe(prompt="a lighthouse at dusk", seed=5, seconds=0.5, camera={"preset": "orbit_left"})
     a = np.stack([f.image for f in eager.generate(recipe)]).astype(int)

@@ -91,6 +91,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
                             "attention": "cudnn"},
     "fp16": {"precision": "fp16", "compile": False},
     "bf16-compiled-gelu": {"precision": "bf16", "compile": True, "gelu_epilogue": True},  # one matmul + GELU
+    "bf16-compiled-blocks": {"precision": "bf16", "compile": True, "compile_scope": "blocks"},  # regional
+    "bf16-compiled-blocks-gelu": {"precision": "bf16", "compile": True, "compile_scope": "blocks",
+                                  "gelu_epilogue": True},
     # The time embedding per token, as stock diffusers computes it, against previz's once a frame
     # (previz.frame_timesteps): the same engines with the student's own embedder put back.
     "fp32-token-temb": {"precision": "fp32", "compile": False, "time_embedding": "per-token"},
