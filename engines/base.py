@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 # name -> module; each module exposes `unavailable_reason() -> str | None` and
 # `create(graph, cache_dir, **options) -> Engine`.  Options a backend does not use are ignored:
 # device (torch: "cuda" where there is one, else "cpu"), precision (torch: fp32 | bf16 | fp16 | fp8;
-# tensorrt: fp16 | fp32), compile, compile_mode and attention (torch), threads (onnxruntime).
+# tensorrt: fp16 | fp32), compile, compile_mode, compile_scope, attention and gelu_epilogue (torch),
+# threads (onnxruntime).
 BACKENDS: dict[str, str] = {
     "torch": "engines.torch_backend",
     "onnxruntime": "engines.onnxruntime_backend",
