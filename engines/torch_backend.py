@@ -183,15 +183,16 @@ def set_attention(module: torch.nn.Module, kernel: str) -> bool:
 
 
 def compile_blocks(module: torch.nn.Module, mode: str) -> int:
-    """Compile, in place, every repeated block inside ``module``: the modules whose class a diffusers model
-    names in its ``_repeated_blocks`` (Wan: ``WanTransformerBlock``).  How many there are (0: none).
+    """Compile, in place, every repeated block inside ``module``: the modules whose class, or a class it
+    derives from, a diffusers model names in its ``_repeated_blocks`` (Wan: ``WanTransformerBlock``).  How
+    many there are (0: none).
 
     Each block gets ``torch.compile`` of its own call, and dynamo compiles the blocks' shared code once per
     input shape (and, for a block-causal student, per context mode), guarded, for all of them.  Idempotent:
     graphs that share a transformer (a block-causal student's three) compile its blocks once.
     """
     names = {name for m in module.modules() for name in getattr(m, "_repeated_blocks", None) or ()}
-    blocks = [m for m in module.modules() if type(m).__name__ in names]
+    blocks = [m for m in module.modules() if any(cls.__name__ in names for cls in type(m).__mro__)]
     for block in blocks:
         if getattr(block, "_compiled_call_impl", None) is None:
             block.compile(mode=mode, dynamic=False)

@@ -1,7 +1,7 @@
 """The draft pack's two graphs, denoiser and decoder, with the I/O contract every engine runs.
 
 denoiser: latents [1, C, F, h, w], timesteps [1, F*h*w/patch] (per token, 0..1000, constant within
-          a latent frame: the time embedding runs per frame, ``previz.frame_timesteps``),
+          a latent frame: the time embedding and modulation run per frame, ``previz.frame_timesteps``),
           text [1, L, D], for camera packs camera [1, 6*T, F, h, w], and for
           control packs control [1, K, F, h, w]  ->  velocity [1, C, F, h, w]
 decoder:  latents [1, C, h, w] (one latent frame)  ->  frames [T, H, W, 3] in [0, 1]
@@ -33,9 +33,10 @@ from previz.frame_timesteps import install as embed_time_per_frame
 from previz.packs import ControlConditioning, Pack, load_component
 from previz.wan_onnx import onnx_friendly
 
-# The denoiser graphs' code revision (engines.graphs.Graph.revision): "time-per-frame" since the time
-# embedding runs once a latent frame, so ONNX exports cached before it are made again, faster.
-DENOISER_REVISION = "time-per-frame"
+# The denoiser graphs' code revision (engines.graphs.Graph.revision), so that ONNX exports cached before a
+# change of the graph's code are made again: "frame-modulation" since the time embedding and the blocks'
+# modulation run once a latent frame (previz.frame_timesteps).
+DENOISER_REVISION = "frame-modulation"
 
 
 class DenoiserGraph(nn.Module):

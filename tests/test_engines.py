@@ -123,8 +123,10 @@ def test_a_new_code_revision_retires_the_cached_exports(torch_model):
     TensorRT caches make it again; a graph at its first revision keeps the fingerprint it always had."""
     import dataclasses
 
+    from previz.draft_graphs import DENOISER_REVISION
+
     graph = torch_model.denoiser_graph
-    assert graph.revision == "time-per-frame"
+    assert graph.revision == DENOISER_REVISION == "frame-modulation"
     first = dataclasses.replace(graph, revision="")
     assert len({graph.fingerprint, first.fingerprint, dataclasses.replace(graph, revision="next").fingerprint}) == 3
     decoder = torch_model.decoder_graph

@@ -1,10 +1,11 @@
-"""The time embedding once per latent frame (previz.frame_timesteps): the stock numbers, a frame's work."""
+"""The time embedding and the blocks' modulation once per latent frame (previz.frame_timesteps): the stock
+numbers, a frame's work."""
 
 import pytest
 import torch
 
 from previz.draft_graphs import build_denoiser_graph
-from previz.frame_timesteps import FrameTimestepEmbedding, install
+from previz.frame_timesteps import FrameTimestepEmbedding, frame_modulated_block, install
 from previz.packs import load_component
 from previz.sampler import token_timesteps
 from previz.text import text_shape
@@ -53,6 +54,40 @@ def test_the_time_embedder_runs_once_a_frame():
     assert rows == [FRAMES]  # against FRAMES * TOKENS rows per token
     with pytest.raises(ValueError, match="load it afresh"):
         install(transformer, TOKENS * 4)  # the same transformer at another size
+
+
+def test_the_blocks_take_one_modulation_row_a_frame():
+    transformer = tiny_transformer()
+    install(transformer, TOKENS)
+    assert all(isinstance(block, frame_modulated_block()) for block in transformer.blocks)
+    shapes: list[tuple[int, ...]] = []
+    for block in transformer.blocks:
+        block.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[2].shape)))
+    with torch.inference_mode():
+        transformer(torch.randn(1, 4, FRAMES, H, W), token_timesteps(torch.tensor([0.0, 0.5, 0.5]), TOKENS),
+                    torch.randn(1, 5, 16), return_dict=False)
+    dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    assert shapes == [(1, FRAMES, 6, dim)] * len(transformer.blocks)  # not (1, FRAMES * TOKENS, 6, dim)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_frame_modulated_block_is_the_stock_block_with_a_row_a_frame(dtype):
+    """Per-frame modulation against the same rows spread to every token, through diffusers' own forward;
+    and a block given per-token modulation (diffusers' own embedder) runs that forward itself."""
+    from engines.precision import cast_module
+
+    stock = cast_module(tiny_transformer(), dtype).blocks[0]
+    block = cast_module(tiny_transformer(), dtype).blocks[0]
+    block.__class__ = frame_modulated_block()
+    dim = block.scale_shift_table.shape[-1]
+    hidden, text = torch.randn(1, FRAMES * TOKENS, dim).to(dtype), torch.randn(1, 5, dim).to(dtype)
+    rows = torch.randn(1, FRAMES, 6, dim)  # fp32, as the time projection keeps it
+    per_token = rows.repeat_interleave(TOKENS, dim=1)
+    rope = tiny_transformer().rope(torch.zeros(1, 4, FRAMES, H, W))
+    with torch.inference_mode():
+        ref = stock(hidden, text, per_token, rope)
+        torch.testing.assert_close(block(hidden, text, rows, rope), ref, rtol=0, atol=0)
+        torch.testing.assert_close(block(hidden, text, per_token, rope), ref, rtol=0, atol=0)
 
 
 def test_timesteps_that_are_not_whole_frames_are_refused():

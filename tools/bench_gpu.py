@@ -94,8 +94,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16-compiled-blocks": {"precision": "bf16", "compile": True, "compile_scope": "blocks"},  # regional
     "bf16-compiled-blocks-gelu": {"precision": "bf16", "compile": True, "compile_scope": "blocks",
                                   "gelu_epilogue": True},
-    # The time embedding per token, as stock diffusers computes it, against previz's once a frame
-    # (previz.frame_timesteps): the same engines with the student's own embedder put back.
+    # The time embedding and the blocks' modulation per token, as stock diffusers computes them, against
+    # previz's once a frame (previz.frame_timesteps): the same engines with the student's own embedder put
+    # back, whose per-token modulation the blocks then take through diffusers' own forward.
     "fp32-token-temb": {"precision": "fp32", "compile": False, "time_embedding": "per-token"},
     "bf16-compiled-token-temb": {"precision": "bf16", "compile": True, "time_embedding": "per-token"},
 }
@@ -103,7 +104,8 @@ BENCH_ONLY = ("time_embedding",)  # variant keys the benchmark applies itself, n
 
 
 def embed_time_per_token(module: torch.nn.Module) -> None:
-    """Put the stock, per-token time embedding back on the denoiser inside ``module``."""
+    """Put the stock, per-token time embedding back on the denoiser inside ``module`` (and with it the
+    blocks' per-token modulation: ``previz.frame_timesteps.FrameModulatedBlock``)."""
     from previz.frame_timesteps import FrameTimestepEmbedding
 
     for m in module.modules():

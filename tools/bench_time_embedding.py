@@ -1,6 +1,6 @@
-"""One denoiser call of a draft student: the time embedding per token (stock diffusers) against once a
-latent frame (``previz.frame_timesteps``), alternated in one process so that a shared machine's drift
-falls on both.
+"""One denoiser call of a draft student: the time embedding and the blocks' modulation per token (stock
+diffusers) against once a latent frame (``previz.frame_timesteps``), alternated in one process so that a
+shared machine's drift falls on both.
 
 The student is ``tools/bench_gpu.py``'s (random weights, built into an ordinary draft pack), run by the
 ``DraftModel`` a server runs, eager, on one whole window with its context frame at timestep 0.  Prints
