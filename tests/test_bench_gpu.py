@@ -92,7 +92,7 @@ def test_the_time_embedding_variant_measures_the_stock_embedder(tmp_path, capsys
     assert set(rows) == {"fp32-token-temb", "fp32"}
 
 
-def test_bench_time_embedding_alternates_the_two_embeddings(capsys, monkeypatch):
+def test_bench_time_embedding_alternates_the_three_kinds(capsys, monkeypatch):
     load_bench(monkeypatch)
     spec = importlib.util.spec_from_file_location("bench_time_embedding", ROOT / "tools" / "bench_time_embedding.py")
     assert spec is not None and spec.loader is not None
@@ -100,8 +100,9 @@ def test_bench_time_embedding_alternates_the_two_embeddings(capsys, monkeypatch)
     spec.loader.exec_module(tool)
     assert tool.main(["--device", "cpu", "--layers", "1", "--width", "64", "--height", "64", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    assert "| per token (stock) |" in out and "| once a frame |" in out
-    assert out.count("- call 1,") == 2
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and " ms |" in line]
+    assert rows == ["per token (stock)", "embedding once a frame", "both once a frame"]
+    assert out.count("- call 1,") == 3
 
 
 def test_the_first_frame_is_split_into_host_denoise_decode_and_the_rest(monkeypatch):
