@@ -108,12 +108,15 @@ def install(transformer: Any, tokens_per_frame: int) -> None:
     """Put the per-frame time embedding and modulation on ``transformer`` (a ``WanTransformer3DModel``), in
     place, once.  Each block becomes a :class:`FrameModulatedBlock`: the same module, weights and names, with
     the forward above."""
+    block_class = frame_modulated_block()
+    for block in transformer.blocks:  # checked before anything changes
+        if type(block) not in (block_class, block_class.__base__):  # a class whose forward this one is not
+            raise TypeError(f"per-frame modulation is for diffusers' WanTransformerBlock, not {type(block).__name__}")
     embedder = transformer.condition_embedder
     if not isinstance(embedder, FrameTimestepEmbedding):
         transformer.condition_embedder = FrameTimestepEmbedding(embedder, tokens_per_frame)
     elif embedder.tokens_per_frame != tokens_per_frame:  # one transformer is one draft size (build_denoiser_graph)
         raise ValueError(f"this transformer embeds time for frames of {embedder.tokens_per_frame} tokens, "
                          f"not {tokens_per_frame}: load it afresh for another size")
-    block_class = frame_modulated_block()
     for block in transformer.blocks:
         block.__class__ = block_class  # a subclass that adds no state: only the forward changes

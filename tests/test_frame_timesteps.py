@@ -56,6 +56,14 @@ def test_the_time_embedder_runs_once_a_frame():
         install(transformer, TOKENS * 4)  # the same transformer at another size
 
 
+def test_a_block_of_another_kind_is_refused():
+    transformer = tiny_transformer()
+    transformer.blocks[1] = torch.nn.Identity()
+    with pytest.raises(TypeError, match="not Identity"):
+        install(transformer, TOKENS)
+    assert not isinstance(transformer.condition_embedder, FrameTimestepEmbedding)  # nothing half done
+
+
 def test_the_blocks_take_one_modulation_row_a_frame():
     transformer = tiny_transformer()
     install(transformer, TOKENS)
