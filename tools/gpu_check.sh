@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of the draft path, as one prepared run on a lent CUDA machine (see BENCHMARKS.md):
-# the gpu-marked tests, then tools/bench_gpu.py.  Logs go to $OUT (or ./gpu-out).
+# tools/bench_gpu.py, then the gpu-marked tests.  Logs go to $OUT (or ./gpu-out).
 #
 # The device machine has torch but no diffusers, websockets or spandrel, and no internet, so they
 # travel as wheels in .whl/ (pip download --no-deps ...; see the device tool's README).  The MiniLM
