@@ -70,6 +70,9 @@ class ContextSlot:
             raise ValueError(f"context slot mode {mode!r}: choose one of {', '.join(MODES)}")
         if (mode == "attend") != (kv is not None):
             raise ValueError("context slot: keys and values are given in attend mode, and only there")
+        if kv is not None and kv.shape[0] != len(self.layers):
+            raise ValueError(f"context slot: keys and values for {kv.shape[0]} layers, the transformer has "
+                             f"{len(self.layers)}")
         self.mode, self.mask, self.frame_offset = mode, mask, frame_offset
         for i, layer in enumerate(self.layers):
             layer.kv = None if kv is None else kv[i]

@@ -286,8 +286,8 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
                              "tensorrt takes fp16 or fp32; onnxruntime runs fp32)")
     parser.add_argument("--compile", choices=["auto", "on", "off", "blocks", "cuda-graphs"], default="auto",
                         help="torch.compile the torch engines (auto: on with a CUDA GPU, off on CPU; blocks: "
-                             "compile one transformer block that every layer reuses, a several times quicker "
-                             "first compile; cuda-graphs: also capture CUDA graphs). The first compile takes "
+                             "compile one transformer block that every layer reuses, a quicker first compile; "
+                             "cuda-graphs: also capture CUDA graphs). The first compile takes "
                              "minutes; later starts reuse the cache in $PREVIZ_HOME/cache/inductor")
     parser.add_argument("--attention", choices=["auto", "sdpa", "cudnn", "flash", "efficient", "math"],
                         default="auto",

@@ -4,9 +4,9 @@ once per token.
 A draft denoiser takes per-token timesteps (``previz.sampler.token_timesteps``: the context frames at 0,
 the new ones at the step's level), so diffusers' Wan transformer takes its Wan 2.2 TI2V path: the time
 embedder (fp32, as diffusers keeps it) and the 6-way modulation projection run for every token, and every
-block reads a [tokens, 6, dim] fp32 modulation tensor.  For the Wan2.1-1.3B-shaped student at 832x480 that
-is 6,240 rows of a 1536 -> 9216 projection per call, and a 230 MB tensor that each of the 30 blocks reads:
-about 7 GB of memory traffic a call for numbers that repeat 1,560 times.
+block reads a [tokens, 6, dim] modulation tensor.  For the Wan2.1-1.3B-shaped student at 832x480 that is
+6,240 rows of a 1536 -> 9216 projection per call, and a 115 MB tensor (bf16) that each of the 30 blocks
+reads: about 3.5 GB of memory traffic a call for numbers that repeat 1,560 times.
 
 The sampler's timesteps are constant within a latent frame, so both are functions of the frame:
 
@@ -68,7 +68,8 @@ def frame_modulated_block() -> type:
         Diffusers' ``WanTransformerBlock.forward`` with each [B, tokens, dim] step viewed as [B, frames,
         tokens_per_frame, dim] where it meets the modulation, so the same products and sums are done in the
         same order, on a [B, frames, 1, dim] row instead of a [B, tokens, dim] copy.  Tokens are frame-major
-        after the patch embedding (as ``token_timesteps`` lays them out).
+        after the patch embedding (as ``token_timesteps`` lays them out), and each block sees all of a
+        sample's tokens: diffusers' context parallelism, which splits them across devices, is not used here.
         """
 
         def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,

@@ -267,9 +267,9 @@ def traced_eagerly(monkeypatch, dynamo_reset):
 
 
 def traced_take(pack: Pack, cache_dir: Path, text_encoder, counters, seconds: float,
-                **options: Any) -> tuple[int, list, int]:
+                **options: Any) -> tuple[int, list, int, Any]:
     """A compiled DraftModel's warm-up, then one take: (graphs traced by the warm-up, the take's frames,
-    graphs traced by the end of the take).  ``options`` go to the engines."""
+    graphs traced by the end of the take, the model).  ``options`` go to the engines."""
     from previz.recipe import Recipe
     from previz.take import DraftModel
 
@@ -278,4 +278,4 @@ def traced_take(pack: Pack, cache_dir: Path, text_encoder, counters, seconds: fl
     warm = counters["stats"]["unique_graphs"]
     frames = list(model.generate(Recipe(prompt="a dolly past a diner", seed=1, seconds=seconds,
                                         camera={"preset": "dolly_in"})))
-    return warm, frames, counters["stats"]["unique_graphs"]
+    return warm, frames, counters["stats"]["unique_graphs"], model

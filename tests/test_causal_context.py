@@ -116,6 +116,18 @@ def test_block_causal_mask_lets_the_context_see_only_itself():
     assert mask[1].all()  # no context: every token sees every other
 
 
+def test_the_slot_refuses_keys_and_values_that_do_not_fit_before_it_changes(graphs):
+    slot = graphs.slot
+    layers = len(slot.layers)
+    with pytest.raises(ValueError, match=f"for {layers + 1} layers, the transformer has {layers}"):
+        slot.use("attend", kv=torch.zeros(layers + 1, 2, 1, 4, 8))
+    with pytest.raises(ValueError, match="in attend mode, and only there"):
+        slot.use("record", kv=torch.zeros(layers, 2, 1, 4, 8))
+    with pytest.raises(ValueError, match="choose one of"):
+        slot.use("attnd")
+    assert slot.mode == "full" and all(layer.kv is None for layer in slot.layers)
+
+
 def test_a_take_runs_the_context_once_per_window_and_resumes(causal_pack, cache_dir, text_encoder):
     from previz.take import DraftModel, Take, TakeStats
 
@@ -244,7 +256,7 @@ def test_a_compiled_take_traces_each_graph_once(causal_pack, cache_dir, text_enc
 
     Traced with dynamo's ``eager`` backend (the same guards, no inductor), so it runs in seconds on a CPU.
     """
-    graphs, frames, after = traced_take(causal_pack, cache_dir, text_encoder, traced_eagerly, seconds=1.0)
+    graphs, frames, after, _ = traced_take(causal_pack, cache_dir, text_encoder, traced_eagerly, seconds=1.0)
     assert graphs == 4  # the whole window, the context pass, the cached step and the decoder
     assert len(frames) == 30
     assert after == graphs  # nothing traced again in the take
@@ -258,11 +270,12 @@ def test_compiled_by_blocks_every_layer_shares_one_graph_per_window_kind(causal_
     the eager take's."""
     from previz.take import DraftModel
 
-    layers = len(DraftModel(causal_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu")
-                 .denoiser_graph.module.denoiser.transformer.blocks)
+    graphs, frames, after, model = traced_take(causal_pack, cache_dir, text_encoder, traced_eagerly, seconds=1.0,
+                                               compile_scope="blocks")
+    layers = len(model.denoiser_graph.module.denoiser.transformer.blocks)
     assert layers >= 2
-    graphs, frames, after = traced_take(causal_pack, cache_dir, text_encoder, traced_eagerly, seconds=1.0,
-                                        compile_scope="blocks")
+    for _name, engine in model.engines()[:3]:  # the whole window, the context pass, the cached step
+        assert engine.info.details["compile_scope"] == "blocks" and engine.info.details["compiled_blocks"] == layers
     assert graphs == 3 + 1  # the block in its three kinds of call, and the decoder (compiled whole)
     assert after == graphs  # nothing traced again in the take
     eager = DraftModel(causal_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu")

@@ -237,7 +237,7 @@ def test_a_take_never_recompiles_what_the_warm_up_compiled(test_pack, cache_dir,
 
     Traced with dynamo's ``eager`` backend (the same guards, no inductor), so it runs in seconds on a CPU.
     """
-    graphs, frames, after = traced_take(test_pack, cache_dir, text_encoder, traced_eagerly, seconds=0.5)
+    graphs, frames, after, _ = traced_take(test_pack, cache_dir, text_encoder, traced_eagerly, seconds=0.5)
     assert graphs == 2  # the denoiser and the decoder were traced by the warm-up
     assert len(frames) == 15
     assert after == graphs  # nothing traced again in the take
@@ -247,13 +247,9 @@ def test_compiled_by_blocks_the_transformer_s_layers_share_one_graph(test_pack, 
                                                                      traced_eagerly):
     """``compile_scope="blocks"``: each layer is compiled in place and all share one traced graph; the decoder,
     which has no repeated blocks, is compiled whole.  A take traces nothing more."""
-    from previz.take import DraftModel
-
-    graphs, frames, after = traced_take(test_pack, cache_dir, text_encoder, traced_eagerly, seconds=0.5,
-                                        compile_scope="blocks")
+    graphs, frames, after, model = traced_take(test_pack, cache_dir, text_encoder, traced_eagerly, seconds=0.5,
+                                               compile_scope="blocks")
     assert graphs == 2 and after == graphs and len(frames) == 15
-    model = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cpu", compile=True,
-                       compile_scope="blocks")
     denoiser, decoder = (model.engine_info()[name] for name in ("denoiser", "decoder"))
     assert denoiser["compile_scope"] == "blocks" and decoder["compile_scope"] == "model"
     blocks = model.denoiser_graph.module.transformer.blocks
@@ -267,9 +263,10 @@ def test_a_compile_scope_is_checked_with_the_reason(test_pack, cache_dir):
     with pytest.raises(BackendUnavailableError, match="compile scope 'layers'") as err:
         create_engine("torch", graph, cache_dir, device="cpu", compile=True, compile_scope="layers")
     assert err.value.field == "compile"
-    with pytest.raises(BackendUnavailableError, match="CUDA graphs capture a whole graph"):
-        create_engine("torch", graph, cache_dir, device="cpu", compile=True, compile_scope="blocks",
-                      compile_mode="reduce-overhead")
+    for mode in ("reduce-overhead", "max-autotune"):  # both capture CUDA graphs
+        with pytest.raises(BackendUnavailableError, match=f"compile mode '{mode}' captures CUDA graphs"):
+            create_engine("torch", graph, cache_dir, device="cpu", compile=True, compile_scope="blocks",
+                          compile_mode=mode)
 
 
 def test_the_compile_flag_maps_to_engine_options():

@@ -89,7 +89,7 @@ def test_a_frame_modulated_block_is_the_stock_block_with_a_row_a_frame(dtype):
     block.__class__ = frame_modulated_block()
     dim = block.scale_shift_table.shape[-1]
     hidden, text = torch.randn(1, FRAMES * TOKENS, dim).to(dtype), torch.randn(1, 5, dim).to(dtype)
-    rows = torch.randn(1, FRAMES, 6, dim)  # fp32, as the time projection keeps it
+    rows = torch.randn(1, FRAMES, 6, dim).to(dtype)  # the time projection's output, at the engine's dtype
     per_token = rows.repeat_interleave(TOKENS, dim=1)
     rope = tiny_transformer().rope(torch.zeros(1, 4, FRAMES, H, W))
     with torch.inference_mode():
