@@ -198,7 +198,9 @@ def compile_blocks(module: torch.nn.Module, mode: str) -> int:
 
     Each block gets ``torch.compile`` of its own call, and dynamo compiles the blocks' shared code once per
     input shape (and, for a block-causal student, per context mode), guarded, for all of them.  Idempotent:
-    graphs that share a transformer (a block-causal student's three) compile its blocks once.
+    graphs that share a transformer (a block-causal student's three) compile its blocks once.  Diffusers'
+    ``compile_repeated_blocks`` does the same but matches class names exactly (previz's draft blocks are a
+    subclass, ``previz.frame_timesteps``), compiles again when called again, and engines do not import it.
     """
     names = {name for m in module.modules() for name in getattr(m, "_repeated_blocks", None) or ()}
     blocks = [m for m in module.modules() if any(cls.__name__ in names for cls in type(m).__mro__)]

@@ -9,16 +9,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_bench(monkeypatch):
-    # As `python tools/bench_gpu.py` has it: its sibling modules importable. (Not syspath_prepend: that
-    # calls pkg_resources, which the kosoku test leaves as a stand-in without the function it calls.)
+def load_tool(monkeypatch, name: str):
+    """``tools/<name>.py`` as a module, as ``python tools/<name>.py`` has it: its sibling modules importable.
+    (Not syspath_prepend: that calls pkg_resources, which the kosoku test leaves as a stand-in without the
+    function it calls.)"""
     monkeypatch.setattr(sys, "path", [str(ROOT / "tools"), *sys.path])
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "tools" / "bench_gpu.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_gpu", bench)  # its dataclasses look their module up there
-    spec.loader.exec_module(bench)
-    return bench
+    tool = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, tool)  # its dataclasses look their module up there
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def load_bench(monkeypatch):
+    return load_tool(monkeypatch, "bench_gpu")
 
 
 def test_bench_gpu_runs_at_the_small_size_on_cpu(tmp_path, capsys, monkeypatch):
@@ -93,11 +98,7 @@ def test_the_time_embedding_variant_measures_the_stock_embedder(tmp_path, capsys
 
 
 def test_bench_time_embedding_alternates_the_three_kinds(capsys, monkeypatch):
-    load_bench(monkeypatch)
-    spec = importlib.util.spec_from_file_location("bench_time_embedding", ROOT / "tools" / "bench_time_embedding.py")
-    assert spec is not None and spec.loader is not None
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool(monkeypatch, "bench_time_embedding")
     assert tool.main(["--device", "cpu", "--layers", "1", "--width", "64", "--height", "64", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and " ms |" in line]
@@ -119,11 +120,7 @@ def test_the_first_frame_is_split_into_host_denoise_decode_and_the_rest(monkeypa
 
 
 def test_bench_window_inputs_times_both_layouts(capsys, monkeypatch):
-    load_bench(monkeypatch)  # its sibling modules importable
-    spec = importlib.util.spec_from_file_location("bench_window_inputs", ROOT / "tools" / "bench_window_inputs.py")
-    assert spec is not None and spec.loader is not None
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool(monkeypatch, "bench_window_inputs")
     assert tool.main(["--width", "128", "--height", "64", "--repeats", "1"]) == 0
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| wan")]
     assert [row[1].strip() for row in rows] == ["wan21-1.3b", "wan22-5b"]
