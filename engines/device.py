@@ -1,4 +1,4 @@
-"""Where tensors live: checking a device exists, and moving host tensors to it without stalling it."""
+"""Where tensors live: checking a device exists, and moving tensors between it and the host without stalling it."""
 
 from __future__ import annotations
 
@@ -34,3 +34,30 @@ def upload(host: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     if torch.device(device).type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)
     return host.to(device)
+
+
+class HostCopy:
+    """A device tensor's copy on the host, queued now and waited for only when it is read.
+
+    On CUDA the copy goes into pinned memory behind the work that makes the
+    tensor, with an event after it: queuing it never makes the host wait, and
+    :meth:`wait` waits for that work alone, not for whatever is queued later.
+    Elsewhere the tensor is computed already, and this is its host copy.
+    """
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        import torch
+
+        self._done: torch.cuda.Event | None = None
+        if tensor.device.type == "cuda":
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record()
+        else:
+            self._host = tensor.cpu()
+
+    def wait(self) -> torch.Tensor:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host

@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from engines import Engine, create_engine
-from engines.device import upload
+from engines.device import HostCopy, upload
 from engines.precision import text_precision
 from previz.blockout import control as blockout_control
 from previz.blockout import control_latent, poses_to_tensors, single_threaded
@@ -341,17 +341,43 @@ class DraftModel:
         stats: TakeStats | None = None,
     ) -> Iterator[Frame]:
         """Frames of one take, in order.  ``on_chunk`` receives each chunk's kept latents, on the host
-        as float32 numpy (for the draft store)."""
-        take = Take(self, recipe, stats)
-        while not take.done:
-            if cancel is not None and cancel.is_set():
-                take.stats.cancelled = True
-                return
-            chunk, kept, frames = take.step()
-            if on_chunk is not None:
-                on_chunk(chunk, kept.float().cpu().numpy())
-            yield from frames
-            take.stats.chunks_done += 1
+        as float32 numpy (for the draft store).
+
+        ``cancel`` is checked before every denoiser call, so a superseded take lets go of the engines
+        within one call rather than one window.  On an asynchronous device (CUDA) the next window is
+        queued as soon as this chunk's first frame is out, behind this chunk's decoding: the device
+        goes from one window to the next without waiting for the host to read frames.
+        """
+        take = Take(self, recipe, stats, cancel=cancel)
+        queued: Denoised | None = None  # the next chunk, already on the device's queue
+        try:
+            while queued is not None or not take.done:
+                if cancel is not None and cancel.is_set():
+                    take.stats.cancelled = True
+                    return
+                chunk, latents, frames = queued if queued is not None else take.step()
+                queued = None
+                if on_chunk is not None:
+                    on_chunk(chunk, latents.wait().float().numpy())
+                for n, frame in enumerate(frames):
+                    yield frame
+                    if n == 0 and self.asynchronous and not take.done and not (cancel and cancel.is_set()):
+                        queued = take.step()
+                take.stats.chunks_done += 1
+        except TakeCancelled:
+            take.stats.cancelled = True
+
+
+class TakeCancelled(Exception):
+    """Raised by :meth:`Take.step` when the take's ``cancel`` event is set before one of its denoiser calls."""
+
+
+class Denoised(NamedTuple):
+    """What :meth:`Take.step` returns: one chunk, denoised."""
+
+    chunk: Chunk
+    latents: HostCopy  # its kept latents [1, C, keep, h, w], on their way to the host (the draft store)
+    frames: Iterator[Frame]  # its frames, in order, each as soon as it is decoded
 
 
 @dataclass(frozen=True)
@@ -386,8 +412,9 @@ class Take:
     """
 
     def __init__(self, model: DraftModel, recipe: Recipe, stats: TakeStats | None = None,
-                 state: TakeState | None = None) -> None:
+                 state: TakeState | None = None, cancel: threading.Event | None = None) -> None:
         self.model = model
+        self.cancel = cancel  # checked before each denoiser call: a set event makes step() raise TakeCancelled
         self.recipe = recipe = resolve(dataclasses.replace(recipe, backend=model.backend), model.pack)
         if (recipe.width, recipe.height) != (model.width, model.height):
             raise ValueError(
@@ -440,9 +467,16 @@ class Take:
             self.stats.control_s += time.perf_counter() - start
         return WindowInputs(chunk.index, noise, extra)
 
-    def step(self) -> tuple[Chunk, torch.Tensor, Iterator[Frame]]:
+    def step(self) -> Denoised:
+        """Denoise the next chunk and advance the state; its frames are decoded as they are read.
+
+        On an asynchronous device this only queues work (the window's steps, the copy of its latents,
+        its decoding); the host first waits when it reads the latents or a frame.  A step cut short by
+        ``cancel`` raises :class:`TakeCancelled` and leaves the state as it was.
+        """
         model, stats = self.model, self.stats
         chunk = self.chunks[self.state.next_chunk]
+        self._check_cancel()
         ahead, self._ahead = self._ahead, None
         window = ahead if ahead is not None and ahead.chunk == chunk.index else self.window_inputs(chunk)
         previous = self.state.context
@@ -456,7 +490,7 @@ class Take:
         velocity = model_for(self.prompt)
         if self.negative is not None:
             velocity = guided(velocity, model_for(self.negative), float(self.recipe.guidance or 1.0))
-        clean = sample_window(velocity, window.noise, self.sigmas, context=in_window,
+        clean = sample_window(self._cancellable(velocity), window.noise, self.sigmas, context=in_window,
                               tokens_per_frame=model.tokens_per_frame)
         self.state = TakeState(next_chunk=self.state.next_chunk + 1,
                                context=clean if context is None else torch.cat([context, clean], dim=2))
@@ -467,26 +501,53 @@ class Take:
             # this window's frames.
             self._ahead = self.window_inputs(self.chunks[self.state.next_chunk])
         kept = clean[:, :, : chunk.keep]
-        return chunk, kept, self._frames(chunk, kept)
+        latents = HostCopy(kept)  # queued before the decoding: reading it waits for the window's steps alone
+        return Denoised(chunk, latents, self._frames(chunk, self._decoded(kept)))
 
-    def _decode(self, latent: torch.Tensor) -> np.ndarray:
-        """One latent frame [1, C, h, w] -> exactly the video frames it holds, [n, H, W, 3] uint8 on the host.
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise TakeCancelled
+
+    def _cancellable(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        def checked(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            self._check_cancel()
+            return model(x, t)
+
+        return checked
+
+    def _decoded(self, kept: torch.Tensor) -> Iterator[np.ndarray]:
+        """Each kept latent frame's video frames, [n, H, W, 3] uint8 on the host, in order.
+
+        On an asynchronous device every latent frame's decoding is queued now, behind the window, and
+        each is read when it is done; elsewhere each is decoded when it is asked for, so the first frames
+        leave before the chunk's last latent frame is decoded.
+        """
+        count = kept.shape[2]
+        if self.model.asynchronous:
+            queued = [self._decode(kept[:, :, j]) for j in range(count)]
+            return (frames.wait().numpy() for frames in queued)
+        return (self._decode(kept[:, :, j]).wait().numpy() for j in range(count))
+
+    def _decode(self, latent: torch.Tensor) -> HostCopy:
+        """One latent frame [1, C, h, w] -> exactly the video frames it holds, [n, H, W, 3] uint8, on their
+        way to the host.
 
         The uint8 conversion runs on the decoder's device, so one small copy per
         latent frame is all that crosses to the host.
         """
+        start = time.perf_counter()
         with engine_errors():
             images = self.frame_stream.decode(latent)
-        return to_uint8(images).cpu().numpy()
+        frames = HostCopy(to_uint8(images))
+        self.stats.decoder_calls += 1
+        self.stats.decode_s += time.perf_counter() - start
+        return frames
 
-    def _frames(self, chunk: Chunk, kept: torch.Tensor) -> Iterator[Frame]:
+    def _frames(self, chunk: Chunk, decoded: Iterator[np.ndarray]) -> Iterator[Frame]:
         stats = self.stats
         emitted = self.first_frame(chunk)
-        for j in range(chunk.keep):
-            start = time.perf_counter()
-            images = self._decode(kept[:, :, j])
-            stats.decoder_calls += 1
-            stats.decode_s += time.perf_counter() - start
+        for images in decoded:
             for image in images:
                 if emitted == self.total_frames:
                     break

@@ -468,10 +468,11 @@ def test_fp8_quantizes_the_large_linears_and_stays_close_to_bf16(cache_dir):
 
 @pytest.mark.gpu
 def test_a_window_is_queued_without_the_host_waiting_for_the_device(test_pack, cache_dir, text_encoder):
-    """``Take.step`` only queues work on CUDA (the denoiser's steps, and the next window's inputs built
-    meanwhile); the host first waits when it reads a frame. torch's sync debug mode raises on the waits
-    torch makes (a blocking copy, ``.item()``, a stream sync); a staged copy from pageable memory it
-    does not see, which is why uploads go through ``engines.device.upload``."""
+    """``Take.step`` only queues work on CUDA (the denoiser's steps, the copy of the latents, the
+    decoding, and the next window's inputs built meanwhile); the host first waits when it reads the
+    latents or a frame. torch's sync debug mode raises on the waits torch makes (a blocking copy,
+    ``.item()``, a stream sync); a staged copy from pageable memory it does not see, which is why
+    uploads go through ``engines.device.upload``."""
     from previz.take import DraftModel, Take
 
     model = DraftModel(test_pack, "torch", cache_dir=cache_dir, text=text_encoder, device="cuda", compile=False)
@@ -481,10 +482,10 @@ def test_a_window_is_queued_without_the_host_waiting_for_the_device(test_pack, c
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            _, _, frames = take.step()
+            _, latents, frames = take.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        assert len(list(frames)) > 0
+        assert len(list(frames)) > 0 and latents.wait().shape[2] > 0
 
 
 def test_a_model_at_another_size_gets_its_own_static_graphs(test_pack, cache_dir, text_encoder, monkeypatch,

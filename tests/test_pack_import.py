@@ -369,11 +369,11 @@ def test_a_streamed_take_resumes_with_the_same_frames_and_a_warmed_cache(wan21, 
         first = Take(model, recipe)
         done = []
         for _ in range(after):
-            done += [f.image for f in first.step()[2]]
+            done += [f.image for f in first.step().frames]
         again = Take(model, recipe, state=TakeState(first.state.next_chunk, first.state.context.clone()))
         rest = []
         while not again.done:
-            rest += [f.image for f in again.step()[2]]
+            rest += [f.image for f in again.step().frames]
         assert len(done) + len(rest) == len(whole) and np.array_equal(np.stack(done), whole[:len(done)])
         diff = np.abs(np.stack(rest).astype(int) - whole[len(done):])
         print(f"resumed after {after} chunks: mean abs difference {diff.mean():.3f}, max {diff.max()}")

@@ -81,6 +81,67 @@ def test_cancel_stops_at_the_next_chunk_boundary(torch_model):
     assert got[-1].chunk == 0 and not got[-1].last
 
 
+def test_cancel_stops_a_window_before_its_next_denoiser_call(torch_model, monkeypatch):
+    """A superseded take lets go of the engines within one denoiser call, not one window: on a GPU a window
+    is a fifth of a second, on this CPU's live pack a tenth."""
+    cancel = threading.Event()
+    stats = TakeStats()
+    run = torch_model.denoiser.run
+
+    def cancelled_during_the_first_call(inputs):
+        cancel.set()
+        return run(inputs)
+
+    monkeypatch.setattr(torch_model.denoiser, "run", cancelled_during_the_first_call)
+    frames = list(torch_model.generate(Recipe(prompt="a storm", seconds=1.0), cancel=cancel, stats=stats))
+    assert recipe_steps(torch_model) > 1
+    assert frames == [] and stats.cancelled and stats.denoiser_calls == 1 and stats.decoder_calls == 0
+
+
+def test_a_cancelled_step_leaves_the_take_where_it_was(torch_model):
+    from previz.take import Take, TakeCancelled
+
+    cancel = threading.Event()
+    recipe = Recipe(prompt="a slow dolly past a diner", seed=3, seconds=1.0)
+    take = Take(torch_model, recipe, cancel=cancel)
+    first = [f.image for f in take.step().frames]
+    cancel.set()
+    with pytest.raises(TakeCancelled):
+        take.step()
+    assert take.state.next_chunk == 1
+    cancel.clear()
+    second = [f.image for f in take.step().frames]
+    assert np.array_equal(np.stack(first + second), frames_of(torch_model, recipe)[: len(first) + len(second)])
+
+
+def test_an_asynchronous_device_queues_the_next_window_behind_this_chunks_decoding(torch_model, monkeypatch):
+    """On CUDA the engines only queue work, so a take queues window k+1 once chunk k's first frame is out:
+    in the device's queue it sits behind chunk k's decoding, and the device never waits for the host
+    between windows.  Forced here on the CPU, where the order of the calls is the queue's order."""
+    recipe = Recipe(prompt="a crane shot over rooftops", seed=5, seconds=1.0, camera={"preset": "orbit_left"})
+    in_order = frames_of(torch_model, recipe)
+    events: list[str] = []
+    for engine, name in ((torch_model.denoiser, "denoise"), (torch_model.decoder, "decode")):
+        monkeypatch.setattr(engine, "run", lambda inputs, run=engine.run, name=name: events.append(name) or run(inputs))
+    monkeypatch.setattr(torch_model, "asynchronous", True)
+    frames = []
+    for frame in torch_model.generate(recipe):
+        events.append(f"frame {frame.chunk}")
+        frames.append(frame.image)
+    assert np.array_equal(np.stack(frames), in_order)
+
+    steps = recipe_steps(torch_model)
+    chunks = sorted({int(e.split()[1]) for e in events if e.startswith("frame")})
+    assert len(chunks) > 2
+    for k in chunks[:-1]:
+        frames_k = [i for i, e in enumerate(events) if e == f"frame {k}"]
+        # the next window's calls: the first `steps` denoiser calls after this chunk's first frame
+        after_first = [i for i, e in enumerate(events) if e == "denoise" and i > frames_k[0]][:steps]
+        decodes_k = [i for i, e in enumerate(events[: frames_k[0]]) if e == "decode"]
+        assert len(after_first) == steps and after_first[-1] < frames_k[1]  # queued before the second frame is read
+        assert decodes_k and max(decodes_k) < after_first[0]  # behind every decode of this chunk
+
+
 def test_the_recorded_recipe_names_the_backend_that_ran(torch_model):
     meta = torch_model.metadata(resolve(Recipe(prompt="a cube", backend="onnxruntime"), torch_model.pack))
     assert meta["recipe"]["backend"] == "torch"

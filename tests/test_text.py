@@ -80,7 +80,7 @@ def test_a_take_reads_the_cached_states_without_a_copy_and_never_writes_them(tor
     take = Take(torch_model, recipe)
     assert take.prompt is prompt and take.negative is negative  # same device: no host->device copy per take
     while not take.done:
-        list(take.step()[2])
+        list(take.step().frames)
     assert torch.equal(prompt, before[0]) and torch.equal(negative, before[1])
 
 
