@@ -58,6 +58,12 @@ class HostCopy:
             self._host = tensor.cpu()
 
     def wait(self) -> torch.Tensor:
+        """The host tensor, in ordinary memory.  A pinned buffer goes back to torch's pool at once: a draft
+        store keeps every frame of a take, and that much page-locked memory would be taken from the OS."""
+        import torch
+
         if self._done is not None:
             self._done.synchronize()
+            pageable = torch.empty(self._host.shape, dtype=self._host.dtype)
+            self._host, self._done = pageable.copy_(self._host), None
         return self._host

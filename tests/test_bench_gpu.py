@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -125,3 +126,23 @@ def test_bench_window_inputs_times_both_layouts(capsys, monkeypatch):
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| wan")]
     assert [row[1].strip() for row in rows] == ["wan21-1.3b", "wan22-5b"]
     assert all(cell.strip().endswith(" ms") for row in rows for cell in row[2:5])
+
+
+def test_an_asynchronous_model_is_also_timed_with_the_serial_take_loop(tmp_path, capsys, monkeypatch):
+    """On CUDA (forced here) each variant's takes are alternated with serial ones on the same engines."""
+    from previz.take import DraftModel
+
+    init = DraftModel.__init__
+
+    def as_on_cuda(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.asynchronous = True
+
+    monkeypatch.setattr(DraftModel, "__init__", as_on_cuda)
+    bench = load_bench(monkeypatch)
+    assert bench.main(["--small", "--students", "wan21-1.3b", "--variants", "fp32", "--seconds", "0.2",
+                       "--repeats", "2", "--packs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    [line] = [x for x in out.splitlines() if x.startswith("- **fp32, the take loop pipelined against serial**")]
+    [(pipelined, serial)] = re.findall(r"([\d.]+) against ([\d.]+) fps", line)
+    assert float(pipelined) > 0 and float(serial) > 0

@@ -466,6 +466,29 @@ def test_fp8_quantizes_the_large_linears_and_stays_close_to_bf16(cache_dir):
     assert float((out - ref).norm() / ref.norm()) < 0.1  # e4m3 keeps 3 mantissa bits: a few percent
 
 
+def test_a_host_copy_of_a_host_tensor_is_its_values():
+    from engines.device import HostCopy
+
+    x = torch.arange(6.0).reshape(2, 3)[:, 1:]  # a strided view, as a chunk's kept latents are
+    assert torch.equal(HostCopy(x).wait(), x)
+
+
+@pytest.mark.gpu
+def test_a_host_copy_is_queued_without_a_wait_and_read_into_ordinary_memory():
+    from engines.device import HostCopy
+
+    x = torch.randn(4, 480, 832, 3, device="cuda")[:, :, :, 1:]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = (x * 2).to(torch.uint8)
+        copy_ = HostCopy(y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    host = copy_.wait()
+    assert torch.equal(host, y.cpu()) and not host.is_pinned()
+
+
 @pytest.mark.gpu
 def test_a_window_is_queued_without_the_host_waiting_for_the_device(test_pack, cache_dir, text_encoder):
     """``Take.step`` only queues work on CUDA (the denoiser's steps, the copy of the latents, the

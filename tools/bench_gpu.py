@@ -300,8 +300,12 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     info = model.engine_info()
     compile_s = sum(engine.info.details.get("compile_s", 0.0) for _, engine in model.engines())
 
-    def take(seed: int) -> tuple[float, TakeStats]:
-        """(wall seconds, stats) of one whole take."""
+    pipelined = model.asynchronous
+
+    def take(seed: int, serial: bool = False) -> tuple[float, TakeStats]:
+        """(wall seconds, stats) of one whole take; ``serial``: as if the device were synchronous, so the
+        host reads each chunk's frames before it queues the next window (the take loop before pipelining)."""
+        model.asynchronous = pipelined and not serial
         stats = TakeStats()
         recipe = Recipe(prompt="a lighthouse on a cliff at dusk", seed=seed, seconds=seconds,
                         camera={"preset": "orbit_left"})
@@ -314,6 +318,14 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     # fps and first frame as a server runs a take: the device queue is never drained on purpose. The first
     # take warms the allocator and the text cache.
     takes = [take(i) for i in range(repeats + 1)][1:]
+    # The same engines with the take loop serial, alternated with as many more pipelined takes (the card's
+    # clocks drift): what queuing the next window behind this chunk's decoding is worth.
+    serial: list[tuple[float, TakeStats]] = []
+    if pipelined:
+        for i in range(repeats):
+            serial.append(take(i + 1, serial=True))
+            takes.append(take(i + 1))
+        model.asynchronous = True
     # The split from one more take with every engine call synchronised, so each stage's time is its own
     # on an asynchronous device (those syncs cost a little fps, so this take's wall is reported beside it).
     dtype = torch_dtype(info["denoiser"]["precision"])
@@ -339,6 +351,9 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         "fps": fps,
         "rtf": fps / FPS,
         "ttff_ms": 1000 * statistics.median(stats.first_frame_s or 0.0 for _, stats in takes),
+        "serial": None if not serial else {
+            "fps": statistics.median(stats.frames / elapsed for elapsed, stats in serial),
+            "ttff_ms": 1000 * statistics.median(stats.first_frame_s or 0.0 for _, stats in serial)},
         "wall_s": wall,
         "denoise_s": denoise,
         "decode_s": decode,
@@ -430,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             unit, scale = ("GFLOP/s", 1e3) if args.small else ("TFLOP/s", 1.0)
             profiles: list[tuple[str, Any]] = []
             splits: list[tuple[str, dict[str, float] | None]] = []
+            serials: list[tuple[str, dict[str, Any]]] = []
             failures: list[str] = []
             for variant in variants:
                 # Each row prints as soon as it is measured, so a run cut short keeps what it finished, and a
@@ -443,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 profiles.append((variant, r["profile"]))
                 splits.append((variant, r["first_frame_split"]))
+                if r["serial"] is not None:
+                    serials.append((variant, r))
                 if len(profiles) == 1:
                     params = r["params_b"]
                     size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
@@ -464,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
                 if split is not None:
                     print(f"- **{variant}, time to first frame of the synced take:** {split['total']:.0f} ms = "
                           + " + ".join(f"{k} {v:.0f}" for k, v in split.items() if k != "total"), flush=True)
+            for variant, r in serials:
+                print(f"- **{variant}, the take loop pipelined against serial** (alternated takes): "
+                      f"{r['fps']:.1f} against {r['serial']['fps']:.1f} fps, time to first frame "
+                      f"{r['ttff_ms']:.0f} against {r['serial']['ttff_ms']:.0f} ms", flush=True)
             for variant, profile in profiles:
                 if profile is not None:
                     print_profile(variant, profile)
