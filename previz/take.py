@@ -349,10 +349,14 @@ class DraftModel:
         goes from one window to the next without waiting for the host to read frames.
         """
         take = Take(self, recipe, stats, cancel=cancel)
+
+        def cancelled() -> bool:
+            return cancel is not None and cancel.is_set()
+
         queued: Denoised | None = None  # the next chunk, already on the device's queue
         try:
             while queued is not None or not take.done:
-                if cancel is not None and cancel.is_set():
+                if cancelled():
                     take.stats.cancelled = True
                     return
                 chunk, latents, frames = queued if queued is not None else take.step()
@@ -361,7 +365,8 @@ class DraftModel:
                     on_chunk(chunk, latents.wait().float().numpy())
                 for n, frame in enumerate(frames):
                     yield frame
-                    if n == 0 and self.asynchronous and not take.done and not (cancel and cancel.is_set()):
+                    # After the first frame has gone, not before: that frame is the time to first frame.
+                    if n == 0 and self.asynchronous and not take.done and not cancelled():
                         queued = take.step()
                 take.stats.chunks_done += 1
         except TakeCancelled:
