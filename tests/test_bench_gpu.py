@@ -146,3 +146,6 @@ def test_an_asynchronous_model_is_also_timed_with_the_serial_take_loop(tmp_path,
     [line] = [x for x in out.splitlines() if x.startswith("- **fp32, the take loop pipelined against serial**")]
     [(pipelined, serial)] = re.findall(r"([\d.]+) against ([\d.]+) fps", line)
     assert float(pipelined) > 0 and float(serial) > 0
+    [line] = [x for x in out.splitlines() if x.startswith("- **fp32, restart** (a cancel at a random moment")]
+    medians = dict(re.findall(r"(pipelined|serial): median ([\d.]+) ms", line))
+    assert set(medians) == {"pipelined", "serial"} and all(float(m) > 0 for m in medians.values())

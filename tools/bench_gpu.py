@@ -22,7 +22,11 @@ the denoise/decode/rest split and the achieved TFLOP/s of the denoiser against
 a measured matmul peak at the same dtype, and that take's time to first frame
 split into the host's work before the first call, the first window's denoiser
 calls, the first decoder call and the rest; and the compile time (the warm-up
-run of a compiled engine).  Prints markdown for BENCHMARKS.md.
+run of a compiled engine).  Then restarts: a take cancelled at a random moment,
+timed to the next take's first frame, as a server restarts on an update.  On an
+asynchronous device (CUDA) the takes and the restarts are alternated with the
+take loop serial on the same engines, so the pipelined loop's worth is measured
+without another compile.  Prints markdown for BENCHMARKS.md.
 
     python tools/bench_gpu.py                       # CUDA, both students, fp32 / bf16 / bf16 compiled
     python tools/bench_gpu.py --students wan21-1.3b --variants bf16,bf16-compiled,bf16-cudagraphs
@@ -39,9 +43,11 @@ import argparse
 import dataclasses
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -302,18 +308,45 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
 
     pipelined = model.asynchronous
 
+    def recipe(seed: int, camera: str = "orbit_left") -> Recipe:
+        return Recipe(prompt="a lighthouse on a cliff at dusk", seed=seed, seconds=seconds, camera={"preset": camera})
+
     def take(seed: int, serial: bool = False) -> tuple[float, TakeStats]:
         """(wall seconds, stats) of one whole take; ``serial``: as if the device were synchronous, so the
         host reads each chunk's frames before it queues the next window (the take loop before pipelining)."""
         model.asynchronous = pipelined and not serial
         stats = TakeStats()
-        recipe = Recipe(prompt="a lighthouse on a cliff at dusk", seed=seed, seconds=seconds,
-                        camera={"preset": "orbit_left"})
         sync(device)
         start = time.perf_counter()
-        for _ in model.generate(recipe, stats=stats):
+        for _ in model.generate(recipe(seed), stats=stats):
             pass
         return time.perf_counter() - start, stats
+
+    def restart(i: int, take_s: float, serial: bool = False) -> float | None:
+        """Seconds from a cancel at a random moment of a running take to the next take's first frame, as a
+        server's worker restarts on an update: it drops the old take before its next denoiser call or frame
+        and starts the new one (here: another camera) at once, behind whatever the old one left queued on
+        the device.  None where the take ended before the cancel."""
+        model.asynchronous = pipelined and not serial
+        cancel, fired = threading.Event(), []
+        timer = threading.Timer(random.Random(i).uniform(0.1, 0.6) * take_s,
+                                lambda: (fired.append(time.perf_counter()), cancel.set()))
+        sync(device)
+        timer.start()
+        for _ in model.generate(recipe(100 + i), cancel=cancel):
+            if cancel.is_set():
+                break
+        else:
+            timer.cancel()
+            timer.join()
+            return None  # the take ended first
+        stats = TakeStats()
+        frames = model.generate(recipe(200 + i, camera="dolly_in"), stats=stats)
+        next(frames)
+        frames.close()
+        latency = stats.started + (stats.first_frame_s or 0.0) - fired[0]
+        sync(device)  # what the new take queued must not delay the next sample
+        return latency
 
     # fps and first frame as a server runs a take: the device queue is never drained on purpose. The first
     # take warms the allocator and the text cache.
@@ -326,6 +359,15 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
             serial.append(take(i + 1, serial=True))
             takes.append(take(i + 1))
         model.asynchronous = True
+    # Restarts at random moments of a take, alternated likewise where the loop can be serial.
+    take_s = statistics.median(elapsed for elapsed, _ in takes)
+    restarts: dict[str, list[float]] = {"pipelined": [], "serial": []}
+    for i in range(2 * repeats):
+        for mode in ("serial", "pipelined") if pipelined else ("pipelined",):
+            latency = restart(i, take_s, serial=mode == "serial")
+            if latency is not None:
+                restarts[mode].append(latency)
+    model.asynchronous = pipelined
     # The split from one more take with every engine call synchronised, so each stage's time is its own
     # on an asynchronous device (those syncs cost a little fps, so this take's wall is reported beside it).
     dtype = torch_dtype(info["denoiser"]["precision"])
@@ -351,6 +393,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         "fps": fps,
         "rtf": fps / FPS,
         "ttff_ms": 1000 * statistics.median(stats.first_frame_s or 0.0 for _, stats in takes),
+        "restarts_ms": {mode: [1000 * x for x in xs] for mode, xs in restarts.items() if xs},
         "serial": None if not serial else {
             "fps": statistics.median(stats.frames / elapsed for elapsed, stats in serial),
             "ttff_ms": 1000 * statistics.median(stats.first_frame_s or 0.0 for _, stats in serial)},
@@ -446,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             profiles: list[tuple[str, Any]] = []
             splits: list[tuple[str, dict[str, float] | None]] = []
             serials: list[tuple[str, dict[str, Any]]] = []
+            restart_rows: list[tuple[str, dict[str, Any]]] = []
             failures: list[str] = []
             for variant in variants:
                 # Each row prints as soon as it is measured, so a run cut short keeps what it finished, and a
@@ -461,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                 splits.append((variant, r["first_frame_split"]))
                 if r["serial"] is not None:
                     serials.append((variant, r))
+                if r["restarts_ms"]:
+                    restart_rows.append((variant, r))
                 if len(profiles) == 1:
                     params = r["params_b"]
                     size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
@@ -482,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
                 if split is not None:
                     print(f"- **{variant}, time to first frame of the synced take:** {split['total']:.0f} ms = "
                           + " + ".join(f"{k} {v:.0f}" for k, v in split.items() if k != "total"), flush=True)
+            for variant, r in restart_rows:
+                print(f"- **{variant}, restart** (a cancel at a random moment of a take, to the next take's first "
+                      "frame): " + "; ".join(f"{mode}: median {statistics.median(xs):.0f} ms, max {max(xs):.0f} ms "
+                                             f"of {len(xs)}" for mode, xs in r["restarts_ms"].items()), flush=True)
             for variant, r in serials:
                 print(f"- **{variant}, the take loop pipelined against serial** (alternated takes): "
                       f"{r['fps']:.1f} against {r['serial']['fps']:.1f} fps, time to first frame "
