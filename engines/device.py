@@ -40,9 +40,10 @@ class HostCopy:
     """A device tensor's copy on the host, queued now and waited for only when it is read.
 
     On CUDA the copy goes into pinned memory behind the work that makes the
-    tensor, with an event after it: queuing it never makes the host wait, and
-    :meth:`wait` waits for that work alone, not for whatever is queued later.
-    Elsewhere the tensor is computed already, and this is its host copy.
+    tensor, with an event after it on the same stream: queuing it never makes
+    the host wait, and :meth:`wait` waits for that work alone, not for whatever
+    is queued later.  A tensor on the host already (a CPU take) is handed back
+    as it is.
     """
 
     def __init__(self, tensor: torch.Tensor) -> None:
@@ -53,7 +54,7 @@ class HostCopy:
             self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
             self._host.copy_(tensor, non_blocking=True)
             self._done = torch.cuda.Event()
-            self._done.record()
+            self._done.record(torch.cuda.current_stream(tensor.device))  # the copy's stream, whatever device is current
         else:
             self._host = tensor.cpu()
 

@@ -61,7 +61,7 @@ class StartTake:
 
 @dataclass(frozen=True)
 class CancelTake:
-    """Stop take ``take_id`` before its next denoiser call or frame; nothing more of it reaches the client."""
+    """Stop take ``take_id`` before its next denoising step or frame; nothing more of it reaches the client."""
 
     take_id: int
 

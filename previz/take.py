@@ -6,8 +6,11 @@ block-causal student the context pass and the cached step).  :class:`Take` is on
 explicit step whose whole state is the next chunk and the context latents;
 :meth:`DraftModel.generate` is the generator over it: each window is denoised,
 then decoded one latent frame at a time, and frames are yielded as soon as
-they exist.  A caller stops a take by setting ``cancel`` (checked between
-chunks) or by simply not asking for more.
+they exist.  A caller stops a take by setting ``cancel`` (checked before every
+denoising step) or by simply not asking for more.  On an asynchronous device
+(CUDA) a take is pipelined: each chunk's decoding is queued behind its window,
+and the next window behind that decoding, so the device never waits for the
+host to read frames (:meth:`DraftModel.generate`).
 
 Latents, conditioning and decoded frames are torch tensors on the engines'
 device from end to end; a frame leaves it once, as uint8, for the encoders
@@ -130,6 +133,8 @@ class DraftModel:
         # Where the denoiser runs behind the host (queued CUDA work), a take builds the next window's inputs
         # while the device denoises this one.
         self.asynchronous = self.denoiser.queues_work
+        # ...and there a take is pipelined (see generate).  Its own flag, so a benchmark can compare.
+        self.pipelined = self.asynchronous
         # On the denoiser's device, so the states never cross from the host per take.
         self.text = text or TextEncoder(pack, device=self.device,
                                         precision=text_precision(self.denoiser.info.precision, self.device.type))
@@ -343,10 +348,12 @@ class DraftModel:
         """Frames of one take, in order.  ``on_chunk`` receives each chunk's kept latents, on the host
         as float32 numpy (for the draft store).
 
-        ``cancel`` is checked before every denoiser call, so a superseded take lets go of the engines
-        within one call rather than one window.  On an asynchronous device (CUDA) the next window is
-        queued as soon as this chunk's first frame is out, behind this chunk's decoding: the device
-        goes from one window to the next without waiting for the host to read frames.
+        ``cancel`` is checked before every denoising step, so a superseded take stops queuing work
+        within one step rather than one window (on a GPU, what it queued already still runs: at most the
+        rest of one window).  When the model is pipelined (an asynchronous device: CUDA) the next window
+        is queued as soon as this chunk's first frame is out, behind this chunk's decoding, so the device
+        goes from one window to the next without waiting for the host to read frames.  If that window
+        fails, the error is raised after this chunk's frames, which are computed already.
         """
         take = Take(self, recipe, stats, cancel=cancel)
 
@@ -360,14 +367,21 @@ class DraftModel:
                     take.stats.cancelled = True
                     return
                 chunk, latents, frames = queued if queued is not None else take.step()
-                queued = None
+                queued, failed = None, None
                 if on_chunk is not None:
                     on_chunk(chunk, latents.wait().float().numpy())
                 for n, frame in enumerate(frames):
                     yield frame
                     # After the first frame has gone, not before: that frame is the time to first frame.
-                    if n == 0 and self.asynchronous and not take.done and not cancelled():
-                        queued = take.step()
+                    if n == 0 and self.pipelined and not take.done and not cancelled():
+                        try:
+                            queued = take.step()
+                        except TakeCancelled:
+                            raise
+                        except Exception as exc:  # this chunk's frames exist: they go out first
+                            failed = exc
+                if failed is not None:
+                    raise failed
                 take.stats.chunks_done += 1
         except TakeCancelled:
             take.stats.cancelled = True
@@ -407,8 +421,9 @@ class Take:
     """One take as an explicit step, the same shape as a final job's refine: ``state`` plus ``step()``.
 
     Each :meth:`step` denoises the next chunk, advances the state, and returns
-    the chunk, its kept latents and a lazy iterator of its frames (decoded one
-    latent frame at a time, so the first frames leave before the chunk's last).
+    :class:`Denoised`: the chunk, its kept latents on their way to the host, and
+    an iterator of its frames, one latent frame's at a time (decoded as they are
+    read, or, when the model is pipelined, all queued at once behind the window).
     A take built with a saved :class:`TakeState` carries on from that chunk with
     exactly the latents an uninterrupted take would have made, and, with a
     frame-wise decoder, exactly its frames; a streamed Wan VAE (an imported
@@ -473,11 +488,12 @@ class Take:
         return WindowInputs(chunk.index, noise, extra)
 
     def step(self) -> Denoised:
-        """Denoise the next chunk and advance the state; its frames are decoded as they are read.
+        """Denoise the next chunk and advance the state.
 
         On an asynchronous device this only queues work (the window's steps, the copy of its latents,
-        its decoding); the host first waits when it reads the latents or a frame.  A step cut short by
-        ``cancel`` raises :class:`TakeCancelled` and leaves the state as it was.
+        and, when the model is pipelined, its decoding); the host first waits when it reads the latents
+        or a frame.  A step cut short by ``cancel`` raises :class:`TakeCancelled` and leaves the state
+        as it was.
         """
         model, stats = self.model, self.stats
         chunk = self.chunks[self.state.next_chunk]
@@ -499,15 +515,16 @@ class Take:
                               tokens_per_frame=model.tokens_per_frame)
         self.state = TakeState(next_chunk=self.state.next_chunk + 1,
                                context=clean if context is None else torch.cat([context, clean], dim=2))
+        kept = clean[:, :, : chunk.keep]
+        latents = HostCopy(kept)  # queued before the decoding: reading it waits for the window's steps alone
+        decoded = self._decoded(kept)
         if model.asynchronous and not self.done:
             # The device is still denoising this window (its frames are read only as they are decoded), so
             # the host builds the next window's inputs now, and that window starts the moment it is asked for.
             # Not where run() computed the window already (a CPU, ONNX Runtime): there it would only delay
             # this window's frames.
             self._ahead = self.window_inputs(self.chunks[self.state.next_chunk])
-        kept = clean[:, :, : chunk.keep]
-        latents = HostCopy(kept)  # queued before the decoding: reading it waits for the window's steps alone
-        return Denoised(chunk, latents, self._frames(chunk, self._decoded(kept)))
+        return Denoised(chunk, latents, self._frames(chunk, decoded))
 
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -524,12 +541,12 @@ class Take:
     def _decoded(self, kept: torch.Tensor) -> Iterator[np.ndarray]:
         """Each kept latent frame's video frames, [n, H, W, 3] uint8 on the host, in order.
 
-        On an asynchronous device every latent frame's decoding is queued now, behind the window, and
-        each is read when it is done; elsewhere each is decoded when it is asked for, so the first frames
+        When the model is pipelined every latent frame's decoding is queued now, behind the window, and
+        each is read when it is done; otherwise each is decoded when it is asked for, so the first frames
         leave before the chunk's last latent frame is decoded.
         """
         count = kept.shape[2]
-        if self.model.asynchronous:
+        if self.model.pipelined:
             queued = [self._decode(kept[:, :, j]) for j in range(count)]
             return (frames.wait().numpy() for frames in queued)
         return (self._decode(kept[:, :, j]).wait().numpy() for j in range(count))

@@ -3,8 +3,8 @@
 Sessions submit takes; the worker advances them round-robin, one chunk per
 turn, so two clients each get every other window and neither can starve the
 other.  A take that was superseded (its session sent ``update``) or cancelled
-stops before its next denoiser call or frame (``cancel``).  The worker never
-waits on a client: frames go out through callbacks that only enqueue.
+stops queuing work before its next denoising step or frame (``cancel``).  The
+worker never waits on a client: frames go out through callbacks that only enqueue.
 
 A take that fails fails alone.  Running out of GPU memory in particular is a
 typed error to that take's client, naming what to lower; the worker empties

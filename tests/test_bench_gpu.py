@@ -136,7 +136,7 @@ def test_an_asynchronous_model_is_also_timed_with_the_serial_take_loop(tmp_path,
 
     def as_on_cuda(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        self.asynchronous = True
+        self.asynchronous = self.pipelined = True
 
     monkeypatch.setattr(DraftModel, "__init__", as_on_cuda)
     bench = load_bench(monkeypatch)

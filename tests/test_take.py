@@ -98,48 +98,77 @@ def test_cancel_stops_a_window_before_its_next_denoiser_call(torch_model, monkey
     assert frames == [] and stats.cancelled and stats.denoiser_calls == 1 and stats.decoder_calls == 0
 
 
-def test_a_cancelled_step_leaves_the_take_where_it_was(torch_model):
+def test_a_step_cancelled_mid_window_leaves_the_take_where_it_was(torch_model, monkeypatch):
     from previz.take import Take, TakeCancelled
 
     cancel = threading.Event()
     recipe = Recipe(prompt="a slow dolly past a diner", seed=3, seconds=1.0)
     take = Take(torch_model, recipe, cancel=cancel)
     first = [f.image for f in take.step().frames]
-    cancel.set()
+    run = torch_model.denoiser.run
+    monkeypatch.setattr(torch_model.denoiser, "run", lambda inputs: cancel.set() or run(inputs))
     with pytest.raises(TakeCancelled):
         take.step()
     assert take.state.next_chunk == 1
+    monkeypatch.setattr(torch_model.denoiser, "run", run)
     cancel.clear()
     second = [f.image for f in take.step().frames]
     assert np.array_equal(np.stack(first + second), frames_of(torch_model, recipe)[: len(first) + len(second)])
 
 
-def test_an_asynchronous_device_queues_the_next_window_behind_this_chunks_decoding(torch_model, monkeypatch):
-    """On CUDA the engines only queue work, so a take queues window k+1 once chunk k's first frame is out:
-    in the device's queue it sits behind chunk k's decoding, and the device never waits for the host
-    between windows.  Forced here on the CPU, where the order of the calls is the queue's order."""
+def pipelined(model, monkeypatch) -> None:
+    """As on CUDA, where the engines only queue work: forced here on the CPU, where the order of the engine
+    calls is the order of the device's queue."""
+    monkeypatch.setattr(model, "asynchronous", True)
+    monkeypatch.setattr(model, "pipelined", True)
+
+
+def test_a_pipelined_take_queues_the_next_window_behind_this_chunks_decoding(torch_model, monkeypatch):
+    """Window k+1 is queued once chunk k's first frame is out, behind every decode of chunk k: the device
+    never waits for the host between windows, and the frames are the serial take's."""
     recipe = Recipe(prompt="a crane shot over rooftops", seed=5, seconds=1.0, camera={"preset": "orbit_left"})
-    in_order = frames_of(torch_model, recipe)
+    serial = list(torch_model.generate(recipe))
     events: list[str] = []
     for engine, name in ((torch_model.denoiser, "denoise"), (torch_model.decoder, "decode")):
         monkeypatch.setattr(engine, "run", lambda inputs, run=engine.run, name=name: events.append(name) or run(inputs))
-    monkeypatch.setattr(torch_model, "asynchronous", True)
+    pipelined(torch_model, monkeypatch)
     frames = []
     for frame in torch_model.generate(recipe):
         events.append(f"frame {frame.chunk}")
         frames.append(frame.image)
-    assert np.array_equal(np.stack(frames), in_order)
+    assert np.array_equal(np.stack(frames), np.stack([f.image for f in serial]))
 
-    steps = recipe_steps(torch_model)
-    chunks = sorted({int(e.split()[1]) for e in events if e.startswith("frame")})
-    assert len(chunks) > 2
-    for k in chunks[:-1]:
-        frames_k = [i for i, e in enumerate(events) if e == f"frame {k}"]
-        # the next window's calls: the first `steps` denoiser calls after this chunk's first frame
-        after_first = [i for i, e in enumerate(events) if e == "denoise" and i > frames_k[0]][:steps]
-        decodes_k = [i for i, e in enumerate(events[: frames_k[0]]) if e == "decode"]
-        assert len(after_first) == steps and after_first[-1] < frames_k[1]  # queued before the second frame is read
-        assert decodes_k and max(decodes_k) < after_first[0]  # behind every decode of this chunk
+    from previz.take import Take
+
+    chunks = Take(torch_model, recipe).chunks
+    per_chunk = [sum(f.chunk == k for f in serial) for k in range(len(chunks))]
+    expected: list[str] = []
+    for k, chunk in enumerate(chunks):  # window k, all of chunk k's decoding, then the frames it overtook
+        expected += ["denoise"] * recipe_steps(torch_model) + ["decode"] * chunk.keep
+        expected += [f"frame {k - 1}"] * (per_chunk[k - 1] - 1) if k else []
+        expected.append(f"frame {k}")
+    expected += [f"frame {len(chunks) - 1}"] * (per_chunk[-1] - 1)
+    assert len(chunks) > 2 and events == expected
+
+
+def test_a_pipelined_take_whose_next_window_fails_sends_this_chunks_frames_first(torch_model, monkeypatch):
+    recipe = Recipe(prompt="a crane shot over rooftops", seed=5, seconds=1.0)
+    serial = [f.chunk for f in torch_model.generate(recipe)]
+    run, calls = torch_model.denoiser.run, []
+
+    def fails_in_the_second_window(inputs):
+        calls.append(1)
+        if len(calls) > recipe_steps(torch_model):
+            raise RuntimeError("the second window failed")
+        return run(inputs)
+
+    monkeypatch.setattr(torch_model.denoiser, "run", fails_in_the_second_window)
+    pipelined(torch_model, monkeypatch)
+    got = []
+    with pytest.raises(RuntimeError, match="the second window failed"):
+        for frame in torch_model.generate(recipe):
+            got.append(frame.chunk)
+    assert got == [c for c in serial if c == 0]  # every frame of the first chunk, then the error
 
 
 def test_the_recorded_recipe_names_the_backend_that_ran(torch_model):

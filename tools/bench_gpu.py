@@ -306,15 +306,15 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     info = model.engine_info()
     compile_s = sum(engine.info.details.get("compile_s", 0.0) for _, engine in model.engines())
 
-    pipelined = model.asynchronous
+    pipelined = model.pipelined  # on an asynchronous device; the serial loop runs on the same engines
 
     def recipe(seed: int, camera: str = "orbit_left") -> Recipe:
         return Recipe(prompt="a lighthouse on a cliff at dusk", seed=seed, seconds=seconds, camera={"preset": camera})
 
-    def take(seed: int, serial: bool = False) -> tuple[float, TakeStats]:
-        """(wall seconds, stats) of one whole take; ``serial``: as if the device were synchronous, so the
-        host reads each chunk's frames before it queues the next window (the take loop before pipelining)."""
-        model.asynchronous = pipelined and not serial
+    def take(seed: int, mode: str = "pipelined") -> tuple[float, TakeStats]:
+        """(wall seconds, stats) of one whole take.  ``serial``: the take loop before pipelining, where the
+        host reads each chunk's frames, one decoder call at a time, before it queues the next window."""
+        model.pipelined = pipelined and mode == "pipelined"
         stats = TakeStats()
         sync(device)
         start = time.perf_counter()
@@ -322,12 +322,12 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
             pass
         return time.perf_counter() - start, stats
 
-    def restart(i: int, take_s: float, serial: bool = False) -> float | None:
+    def restart(i: int, take_s: float, mode: str = "pipelined") -> float | None:
         """Seconds from a cancel at a random moment of a running take to the next take's first frame, as a
-        server's worker restarts on an update: it drops the old take before its next denoiser call or frame
-        and starts the new one (here: another camera) at once, behind whatever the old one left queued on
-        the device.  None where the take ended before the cancel."""
-        model.asynchronous = pipelined and not serial
+        server's worker restarts on an update: it drops the old take before its next denoising step or
+        frame and starts the new one (here: another camera) at once, behind whatever the old one left
+        queued on the device.  None where the take ended before the cancel."""
+        model.pipelined = pipelined and mode == "pipelined"
         cancel, fired = threading.Event(), []
         timer = threading.Timer(random.Random(i).uniform(0.1, 0.6) * take_s,
                                 lambda: (fired.append(time.perf_counter()), cancel.set()))
@@ -351,25 +351,24 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     # fps and first frame as a server runs a take: the device queue is never drained on purpose. The first
     # take warms the allocator and the text cache.
     takes = [take(i) for i in range(repeats + 1)][1:]
-    # The same engines with the take loop serial, alternated with as many more pipelined takes (the card's
-    # clocks drift): what queuing the next window behind this chunk's decoding is worth.
-    serial: list[tuple[float, TakeStats]] = []
-    if pipelined:
-        for i in range(repeats):
-            serial.append(take(i + 1, serial=True))
-            takes.append(take(i + 1))
-        model.asynchronous = True
-    # Restarts at random moments of a take, alternated likewise where the loop can be serial.
+    # Where the loop can be serial, as many more takes of each loop on the same engines, alternated and each
+    # round in the other order (the card's clocks drift): what pipelining is worth.  Then restarts at random
+    # moments of a take, likewise.
+    modes = ("pipelined", "serial") if pipelined else ("pipelined",)
+    compared: dict[str, list[tuple[float, TakeStats]]] = {mode: [] for mode in modes}
+    for i in range(repeats if pipelined else 0):
+        for mode in modes if i % 2 else modes[::-1]:
+            compared[mode].append(take(i + 1, mode))
     take_s = statistics.median(elapsed for elapsed, _ in takes)
-    restarts: dict[str, list[float]] = {"pipelined": [], "serial": []}
+    restarts: dict[str, list[float]] = {mode: [] for mode in modes}
     for i in range(2 * repeats):
-        for mode in ("serial", "pipelined") if pipelined else ("pipelined",):
-            latency = restart(i, take_s, serial=mode == "serial")
+        for mode in modes if i % 2 else modes[::-1]:
+            latency = restart(i, take_s, mode)
             if latency is not None:
                 restarts[mode].append(latency)
-    model.asynchronous = pipelined
     # The split from one more take with every engine call synchronised, so each stage's time is its own
     # on an asynchronous device (those syncs cost a little fps, so this take's wall is reported beside it).
+    # On the serial loop: pipelined, a synced take would decode the whole first chunk before its first frame.
     dtype = torch_dtype(info["denoiser"]["precision"])
     log: list[tuple[str, float, float]] = []
     denoisers = [(Synced(model.denoiser, "denoise", log), model.denoiser_graph)]
@@ -380,7 +379,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         model.context_pass, model.cached_step = denoisers[1][0], denoisers[2][0]
     if isinstance(model.frame_decoder, EngineFrameDecoder):
         model.frame_decoder.engine = Synced(model.frame_decoder.engine, "decode", log)
-    wall, split = take(repeats + 1)
+    wall, split = take(repeats + 1, "serial")
     denoise, decode, steps = split.denoise_s, split.decode_s, split.denoiser_calls
     take_flop = sum(engine.calls * graph_flop(graph, device, dtype) for engine, graph in denoisers)
     # The steady-state call: a block-causal student's cached step, else the whole window.
@@ -394,9 +393,9 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         "rtf": fps / FPS,
         "ttff_ms": 1000 * statistics.median(stats.first_frame_s or 0.0 for _, stats in takes),
         "restarts_ms": {mode: [1000 * x for x in xs] for mode, xs in restarts.items() if xs},
-        "serial": None if not serial else {
-            "fps": statistics.median(stats.frames / elapsed for elapsed, stats in serial),
-            "ttff_ms": 1000 * statistics.median(stats.first_frame_s or 0.0 for _, stats in serial)},
+        "compared": {mode: {"fps": statistics.median(stats.frames / elapsed for elapsed, stats in runs),
+                            "ttff_ms": 1000 * statistics.median(stats.first_frame_s or 0.0 for _, stats in runs)}
+                     for mode, runs in compared.items() if runs},
         "wall_s": wall,
         "denoise_s": denoise,
         "decode_s": decode,
@@ -503,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 profiles.append((variant, r["profile"]))
                 splits.append((variant, r["first_frame_split"]))
-                if r["serial"] is not None:
+                if "serial" in r["compared"]:
                     serials.append((variant, r))
                 if r["restarts_ms"]:
                     restart_rows.append((variant, r))
@@ -533,9 +532,10 @@ def main(argv: list[str] | None = None) -> int:
                       "frame): " + "; ".join(f"{mode}: median {statistics.median(xs):.0f} ms, max {max(xs):.0f} ms "
                                              f"of {len(xs)}" for mode, xs in r["restarts_ms"].items()), flush=True)
             for variant, r in serials:
-                print(f"- **{variant}, the take loop pipelined against serial** (alternated takes): "
-                      f"{r['fps']:.1f} against {r['serial']['fps']:.1f} fps, time to first frame "
-                      f"{r['ttff_ms']:.0f} against {r['serial']['ttff_ms']:.0f} ms", flush=True)
+                pipe, ser = r["compared"]["pipelined"], r["compared"]["serial"]
+                print(f"- **{variant}, the take loop pipelined against serial** ({repeats} takes each, alternated): "
+                      f"{pipe['fps']:.1f} against {ser['fps']:.1f} fps, time to first frame "
+                      f"{pipe['ttff_ms']:.0f} against {ser['ttff_ms']:.0f} ms", flush=True)
             for variant, profile in profiles:
                 if profile is not None:
                     print_profile(variant, profile)
