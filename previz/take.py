@@ -388,7 +388,7 @@ class DraftModel:
 
 
 class TakeCancelled(Exception):
-    """Raised by :meth:`Take.step` when the take's ``cancel`` event is set before one of its denoiser calls."""
+    """Raised by :meth:`Take.step` when the take's ``cancel`` event is set before one of its denoising steps."""
 
 
 class Denoised(NamedTuple):
@@ -434,7 +434,7 @@ class Take:
     def __init__(self, model: DraftModel, recipe: Recipe, stats: TakeStats | None = None,
                  state: TakeState | None = None, cancel: threading.Event | None = None) -> None:
         self.model = model
-        self.cancel = cancel  # checked before each denoiser call: a set event makes step() raise TakeCancelled
+        self.cancel = cancel  # checked before each denoising step: a set event makes step() raise TakeCancelled
         self.recipe = recipe = resolve(dataclasses.replace(recipe, backend=model.backend), model.pack)
         if (recipe.width, recipe.height) != (model.width, model.height):
             raise ValueError(

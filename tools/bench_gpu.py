@@ -418,6 +418,27 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     return result
 
 
+def print_details(r: dict[str, Any], repeats: int) -> None:
+    """The lines under a variant's row: its time to first frame split, its restarts, pipelined against
+    serial (where the loop can be serial) and its profile (with --profile)."""
+    variant, split = r["variant"], r["first_frame_split"]
+    if split is not None:
+        print(f"- **{variant}, time to first frame of the synced take:** {split['total']:.0f} ms = "
+              + " + ".join(f"{k} {v:.0f}" for k, v in split.items() if k != "total"))
+    if r["restarts_ms"]:
+        print(f"- **{variant}, restart** (a cancel at a random moment of a take, to the next take's first frame): "
+              + "; ".join(f"{mode}: median {statistics.median(xs):.0f} ms, max {max(xs):.0f} ms of {len(xs)}"
+                          for mode, xs in r["restarts_ms"].items()))
+    if "serial" in r["compared"]:
+        pipe, ser = r["compared"]["pipelined"], r["compared"]["serial"]
+        print(f"- **{variant}, the take loop pipelined against serial** ({repeats} takes each, alternated): "
+              f"{pipe['fps']:.1f} against {ser['fps']:.1f} fps, time to first frame "
+              f"{pipe['ttff_ms']:.0f} against {ser['ttff_ms']:.0f} ms")
+    if r["profile"] is not None:
+        print_profile(variant, r["profile"])
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="tiny students on the CPU at 128x64 (a quick check)")
@@ -485,14 +506,12 @@ def main(argv: list[str] | None = None) -> int:
                               context=context)
             text = TextEncoder(pack, device=device)  # bf16 on CUDA, shared by every variant (its cache too)
             unit, scale = ("GFLOP/s", 1e3) if args.small else ("TFLOP/s", 1.0)
-            profiles: list[tuple[str, Any]] = []
-            splits: list[tuple[str, dict[str, float] | None]] = []
-            serials: list[tuple[str, dict[str, Any]]] = []
-            restart_rows: list[tuple[str, dict[str, Any]]] = []
+            measured = 0
             failures: list[str] = []
             for variant in variants:
-                # Each row prints as soon as it is measured, so a run cut short keeps what it finished, and a
-                # variant that fails (a kernel this card or torch lacks) is reported without ending the run.
+                # Each row and its details print as soon as they are measured, so a run cut short keeps all it
+                # finished; a variant that fails (a kernel this card or torch lacks) is reported without ending
+                # the run.
                 try:
                     r = bench_variant(pack, text, variant, device, seconds, repeats, cache_dir, args.profile)
                 except Exception as exc:  # a failure is a finding: printed below, and the run goes on
@@ -500,19 +519,15 @@ def main(argv: list[str] | None = None) -> int:
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
-                profiles.append((variant, r["profile"]))
-                splits.append((variant, r["first_frame_split"]))
-                if "serial" in r["compared"]:
-                    serials.append((variant, r))
-                if r["restarts_ms"]:
-                    restart_rows.append((variant, r))
-                if len(profiles) == 1:
+                measured += 1
+                if measured == 1:
                     params = r["params_b"]
                     size = f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.2f}M"
-                    print(f"\n## {name}, {context} context: {size}-parameter denoiser\n")
-                    print("| variant | fps | realtime | time to first frame | synced take: denoise / decode / rest (s) "
-                          f"| denoise per step | denoiser {unit} (of peak) | compile | peak memory |")
-                    print("|---|---|---|---|---|---|---|---|---|")
+                    print(f"\n## {name}, {context} context: {size}-parameter denoiser")
+                # A table per variant, its details under it: a run cut short keeps every line it finished.
+                print("\n| variant | fps | realtime | time to first frame | synced take: denoise / decode / rest (s) "
+                      f"| denoise per step | denoiser {unit} (of peak) | compile | peak memory |")
+                print("|---|---|---|---|---|---|---|---|---|")
                 # Against the peak of the dtype the engine computes at: fp8 against bf16's (its attention and
                 # small layers stay bf16, so its share of that peak can pass 100%).
                 peak = peaks[torch_dtype(r["precision"])]
@@ -523,22 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['denoise_step_ms']:.1f} ms | {r['denoise_tflops'] * scale:.2f} "
                       f"({100 * r['denoise_tflops'] / peak:.0f}%)"
                       f" | {compile_} | {memory} |", flush=True)
-            for variant, split in splits:
-                if split is not None:
-                    print(f"- **{variant}, time to first frame of the synced take:** {split['total']:.0f} ms = "
-                          + " + ".join(f"{k} {v:.0f}" for k, v in split.items() if k != "total"), flush=True)
-            for variant, r in restart_rows:
-                print(f"- **{variant}, restart** (a cancel at a random moment of a take, to the next take's first "
-                      "frame): " + "; ".join(f"{mode}: median {statistics.median(xs):.0f} ms, max {max(xs):.0f} ms "
-                                             f"of {len(xs)}" for mode, xs in r["restarts_ms"].items()), flush=True)
-            for variant, r in serials:
-                pipe, ser = r["compared"]["pipelined"], r["compared"]["serial"]
-                print(f"- **{variant}, the take loop pipelined against serial** ({repeats} takes each, alternated): "
-                      f"{pipe['fps']:.1f} against {ser['fps']:.1f} fps, time to first frame "
-                      f"{pipe['ttff_ms']:.0f} against {ser['ttff_ms']:.0f} ms", flush=True)
-            for variant, profile in profiles:
-                if profile is not None:
-                    print_profile(variant, profile)
+                print_details(r, repeats)
             if failures:
                 print(f"\n{name}, {context} context:\n" + "\n".join(failures), flush=True)
     return 0
