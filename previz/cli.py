@@ -263,6 +263,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     untrained_note(pack)
     model = DraftModel(pack, backend, **engine_options(args))
     model.warmup(_say)  # before the server reports ready: the first take should not pay for a compile
+    model.warm_take(_say)  # ...nor for the take loop's own first run
     store = DraftStore(args.store or default_store_root())
     config = ServeConfig(
         host=args.host, port=args.port, max_clients=args.max_clients, allowed_hosts=tuple(args.allow_host),

@@ -25,7 +25,7 @@ import dataclasses
 import importlib.metadata
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,6 +47,9 @@ from previz.recipe import Recipe, frame_count, resolve
 from previz.sampler import Chunk, chunk_noise, flow_sigmas, guided, plan_chunks, sample_window
 from previz.scene import parse_scene
 from previz.text import TextEncoder, text_shape
+
+# The shot of DraftModel.warm_take: objects in view, so the blockout renderer runs too.
+WARM_UP_SHOT = "a red box left of a tall blue pillar on sand at noon"
 
 
 def default_cache_dir() -> Path:
@@ -163,6 +166,26 @@ class DraftModel:
             with engine_errors():
                 engine.warmup()
             say(f"{name} ready in {time.perf_counter() - start:.1f} s")
+
+    def warm_take(self, progress: Callable[[str], None] | None = None) -> TakeStats:
+        """A take's first window, its frames thrown away, so that what a take pays once is paid before the
+        first client's: the camera and blockout code's first runs, the text encoder on a real prompt, and on
+        a GPU the pinned buffers.  For a server, after :meth:`warmup` and before it reports ready."""
+        say = progress or (lambda _message: None)
+        say("warming up a take")
+        stats = TakeStats()
+        assert self.pack.draft is not None
+        recipe = Recipe(prompt=WARM_UP_SHOT, seconds=min(1.0, self.pack.draft.max_seconds),
+                        camera={"preset": "orbit_left"})
+        frames = self.generate(recipe, stats=stats)
+        try:
+            next(frames, None)
+        finally:
+            frames.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # what the take queued runs now, not in the first client's take
+        say(f"take ready: first frame after {1000 * (stats.first_frame_s or 0.0):.0f} ms")
+        return stats
 
     def engines(self) -> list[tuple[str, Engine | FrameDecoder]]:
         """Every engine of this model, by a name for people, in the order a take first runs them."""
@@ -344,7 +367,7 @@ class DraftModel:
         cancel: threading.Event | None = None,
         on_chunk: Callable[[Chunk, np.ndarray], None] | None = None,
         stats: TakeStats | None = None,
-    ) -> Iterator[Frame]:
+    ) -> Generator[Frame, None, None]:
         """Frames of one take, in order.  ``on_chunk`` receives each chunk's kept latents, on the host
         as float32 numpy (for the draft store).
 

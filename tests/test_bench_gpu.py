@@ -149,3 +149,10 @@ def test_an_asynchronous_model_is_also_timed_with_the_serial_take_loop(tmp_path,
     [line] = [x for x in out.splitlines() if x.startswith("- **fp32, restart** (a cancel at a random moment")]
     medians = dict(re.findall(r"(pipelined|serial): median ([\d.]+) ms", line))
     assert set(medians) == {"pipelined", "serial"} and all(float(m) > 0 for m in medians.values())
+
+
+def test_bench_first_take_times_a_fresh_model_with_and_without_a_warm_take(monkeypatch, test_pack):
+    tool = load_tool(monkeypatch, "bench_first_take")
+    for warm in (False, True):
+        times = tool.child(test_pack.id, "torch", warm=warm)
+        assert set(times) == {"first", "later"} and all(ms > 0 for ms in times.values())

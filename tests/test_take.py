@@ -171,6 +171,19 @@ def test_a_pipelined_take_whose_next_window_fails_sends_this_chunks_frames_first
     assert got == [c for c in serial if c == 0]  # every frame of the first chunk, then the error
 
 
+def test_a_warm_take_runs_one_window_and_keeps_nothing(torch_model):
+    """What a server runs before it reports ready: one window of a take through every engine, frames
+    thrown away."""
+    from previz.take import WARM_UP_SHOT
+
+    said: list[str] = []
+    stats = torch_model.warm_take(said.append)
+    assert stats.denoiser_calls == recipe_steps(torch_model) and stats.decoder_calls >= 1
+    assert stats.first_frame_s is not None and stats.chunks_done == 0  # one window, left after its first frame
+    assert WARM_UP_SHOT in torch_model.text._cache
+    assert said[0] == "warming up a take" and said[-1].startswith("take ready: first frame after")
+
+
 def test_the_recorded_recipe_names_the_backend_that_ran(torch_model):
     meta = torch_model.metadata(resolve(Recipe(prompt="a cube", backend="onnxruntime"), torch_model.pack))
     assert meta["recipe"]["backend"] == "torch"
