@@ -379,14 +379,10 @@ class DraftModel:
         fails, the error is raised after this chunk's frames, which are computed already.
         """
         take = Take(self, recipe, stats, cancel=cancel)
-
-        def cancelled() -> bool:
-            return cancel is not None and cancel.is_set()
-
         queued: Denoised | None = None  # the next chunk, already on the device's queue
         try:
             while queued is not None or not take.done:
-                if cancelled():
+                if take.cancelled():
                     take.stats.cancelled = True
                     return
                 chunk, latents, frames = queued if queued is not None else take.step()
@@ -396,7 +392,7 @@ class DraftModel:
                 for n, frame in enumerate(frames):
                     yield frame
                     # After the first frame has gone, not before: that frame is the time to first frame.
-                    if n == 0 and self.pipelined and not take.done and not cancelled():
+                    if n == 0 and self.pipelined and not take.done and not take.cancelled():
                         try:
                             queued = take.step()
                         except TakeCancelled:
@@ -549,8 +545,11 @@ class Take:
             self._ahead = self.window_inputs(self.chunks[self.state.next_chunk])
         return Denoised(chunk, latents, self._frames(chunk, decoded))
 
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
     def _check_cancel(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
+        if self.cancelled():
             raise TakeCancelled
 
     def _cancellable(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
