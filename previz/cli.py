@@ -285,11 +285,13 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
                              "torch engines' large matmuls in float8, on a CUDA GPU of compute capability 8.9+, "
                              "with previz[fp8]; "
                              "tensorrt takes fp16 or fp32; onnxruntime runs fp32)")
-    parser.add_argument("--compile", choices=["auto", "on", "off", "blocks", "cuda-graphs"], default="auto",
-                        help="torch.compile the torch engines (auto: on with a CUDA GPU, off on CPU; blocks: "
-                             "compile one transformer block that every layer reuses, a quicker first compile; "
-                             "cuda-graphs: also capture CUDA graphs). The first compile takes "
-                             "minutes; later starts reuse the cache in $PREVIZ_HOME/cache/inductor")
+    parser.add_argument("--compile", choices=["auto", "on", "off", "blocks", "model", "cuda-graphs"],
+                        default="auto",
+                        help="torch.compile the torch engines (auto: on with a CUDA GPU, off on CPU; on: by blocks "
+                             "on a CUDA GPU, the whole model on CPU; blocks: one transformer block that every "
+                             "layer reuses, a quicker first compile; model: the whole model as one graph; "
+                             "cuda-graphs: the whole model, capturing CUDA graphs). The first compile takes "
+                             "seconds to minutes; later starts reuse the cache in $PREVIZ_HOME/cache/inductor")
     parser.add_argument("--attention", choices=["auto", "sdpa", "cudnn", "flash", "efficient", "math"],
                         default="auto",
                         help="the attention kernel of the torch engines (auto: sdpa, torch's own choice; "
@@ -305,8 +307,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         options["compile"] = args.compile != "off"
         if args.compile == "cuda-graphs":
             options["compile_mode"] = "reduce-overhead"
-        if args.compile == "blocks":
-            options["compile_scope"] = "blocks"
+        if args.compile in ("blocks", "model"):
+            options["compile_scope"] = args.compile
     if args.attention != "auto":
         options["attention"] = args.attention
     return options

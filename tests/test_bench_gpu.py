@@ -156,3 +156,17 @@ def test_bench_first_take_times_a_fresh_model_with_and_without_a_warm_take(monke
     for warm in (False, True):
         times = tool.child(test_pack.id, "torch", warm=warm)
         assert set(times) == {"first", "later"} and all(ms > 0 for ms in times.values())
+
+
+def test_a_compiled_variant_says_whether_its_takes_ran_what_the_warm_up_compiled(tmp_path, capsys, monkeypatch):
+    """Each variant compiles on its own (dynamo reset), and its dynamo line counts the graphs compiled after
+    the warm-up and the graph breaks: the second variant here compiles again, and both runs add none."""
+    bench = load_bench(monkeypatch)
+    assert bench.main(["--small", "--students", "wan21-1.3b", "--variants", "bf16-compiled-model,bf16-compiled-blocks",
+                       "--seconds", "0.2", "--repeats", "1", "--packs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = re.findall(r"- \*\*(\S+), dynamo:\*\* (\d+) graphs compiled by the warm-up, (\d+) more by the end.*; "
+                       r"(\d+) graph breaks", out)
+    assert [(variant, more, breaks) for variant, _, more, breaks in lines] == [
+        ("bf16-compiled-model", "0", "0"), ("bf16-compiled-blocks", "0", "0")]
+    assert all(int(warm) >= 2 for _, warm, _, _ in lines)  # the denoiser and the decoder, compiled again

@@ -269,6 +269,16 @@ def test_a_compile_scope_is_checked_with_the_reason(test_pack, cache_dir):
                           compile_mode=mode)
 
 
+def test_the_default_compile_scope_is_blocks_on_cuda_and_the_model_elsewhere_or_with_cuda_graphs():
+    """Blocks compile ten times quicker on a GPU at the same speed (BENCHMARKS.md, H200); a CPU's calls were
+    quicker whole, and CUDA graphs take a whole graph."""
+    from engines.torch_backend import default_compile_scope
+
+    assert default_compile_scope(torch.device("cuda"), cuda_graphs=False) == "blocks"
+    assert default_compile_scope(torch.device("cuda"), cuda_graphs=True) == "model"
+    assert default_compile_scope(torch.device("cpu"), cuda_graphs=False) == "model"
+
+
 def test_the_compile_flag_maps_to_engine_options():
     import argparse
 
@@ -277,7 +287,9 @@ def test_the_compile_flag_maps_to_engine_options():
     parser = argparse.ArgumentParser()
     add_engine_flags(parser)
     assert engine_options(parser.parse_args([])) == {}
-    assert engine_options(parser.parse_args(["--compile", "blocks"])) == {"compile": True, "compile_scope": "blocks"}
+    assert engine_options(parser.parse_args(["--compile", "on"])) == {"compile": True}  # the device's scope
+    for scope in ("blocks", "model"):
+        assert engine_options(parser.parse_args(["--compile", scope])) == {"compile": True, "compile_scope": scope}
     assert engine_options(parser.parse_args(["--compile", "cuda-graphs"])) == {"compile": True,
                                                                               "compile_mode": "reduce-overhead"}
     assert engine_options(parser.parse_args(["--compile", "off"])) == {"compile": False}
@@ -424,7 +436,8 @@ def test_the_gelu_epilogue_on_cuda_replaces_the_gelu_kernel_and_matches_diffuser
 
     graphs = [build_denoiser_graph(test_pack, 64, 32, text_tokens=16, text_dim=384).window for _ in range(2)]
     plain, fused = (create_engine("torch", g, cache_dir, device="cuda", precision="bf16", compile=True,
-                                  gelu_epilogue=on) for g, on in zip(graphs, (False, True), strict=True))
+                                  compile_scope="model", gelu_epilogue=on)
+                    for g, on in zip(graphs, (False, True), strict=True))
     assert fused.info.details["gelu_epilogue"] == graphs[1].module.transformer.config.num_layers
     inputs = graphs[0].example_inputs(seed=4, device="cuda")
     ref, out = (e.run(inputs)["velocity"].float() for e in (plain, fused))  # the first runs compile

@@ -87,7 +87,8 @@ SMALL_STUDENTS = {
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {"precision": "fp32", "compile": False},
     "bf16": {"precision": "bf16", "compile": False},
-    "bf16-compiled": {"precision": "bf16", "compile": True},
+    "bf16-compiled": {"precision": "bf16", "compile": True},  # the default scope: blocks on CUDA, else the model
+    "bf16-compiled-model": {"precision": "bf16", "compile": True, "compile_scope": "model"},  # one whole graph
     "bf16-cudagraphs": {"precision": "bf16", "compile": True, "compile_mode": "reduce-overhead"},
     "bf16-cudnn": {"precision": "bf16", "compile": True, "attention": "cudnn"},
     "fp8-compiled": {"precision": "fp8", "compile": True},
@@ -97,9 +98,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
                             "attention": "cudnn"},
     "fp16": {"precision": "fp16", "compile": False},
     "bf16-compiled-gelu": {"precision": "bf16", "compile": True, "gelu_epilogue": True},  # one matmul + GELU
+    "bf16-compiled-model-gelu": {"precision": "bf16", "compile": True, "compile_scope": "model",
+                                 "gelu_epilogue": True},
     "bf16-compiled-blocks": {"precision": "bf16", "compile": True, "compile_scope": "blocks"},  # regional
-    "bf16-compiled-blocks-gelu": {"precision": "bf16", "compile": True, "compile_scope": "blocks",
-                                  "gelu_epilogue": True},
     # The time embedding and the blocks' modulation per token, as stock diffusers computes them, against
     # previz's once a frame (previz.frame_timesteps): the same engines with the student's own embedder put
     # back, whose per-token modulation the blocks then take through diffusers' own forward.
@@ -288,12 +289,19 @@ def print_profile(variant: str, profile: dict[str, Any]) -> None:
 
 def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seconds: float, repeats: int,
                   cache_dir: Path, profile: bool = False) -> dict[str, Any]:
+    from torch._dynamo.utils import counters
+
     from engines.precision import torch_dtype
     from previz.frame_decoder import EngineFrameDecoder
     from previz.recipe import Recipe
     from previz.take import DraftModel, TakeStats
 
     options = {k: v for k, v in VARIANTS[variant].items() if k not in BENCH_ONLY}
+    # Each variant compiles on its own: dynamo keeps compiled code by the Python code it traced, which the
+    # variants share (inductor's on-disk cache still serves a graph compiled before).  Its counters then say
+    # whether this variant's takes ran what the warm-up compiled.
+    torch._dynamo.reset()
+    counters.clear()
     built = time.perf_counter()
     model = DraftModel(pack, "torch", cache_dir=cache_dir, text=text, device=str(device), **options)
     load_s = time.perf_counter() - built
@@ -303,6 +311,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     model.warmup()
     sync(device)
     warmup_s = time.perf_counter() - start
+    warm_graphs = counters["stats"]["unique_graphs"]
     info = model.engine_info()
     compile_s = sum(engine.info.details.get("compile_s", 0.0) for _, engine in model.engines())
 
@@ -410,6 +419,8 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "profile": profiled,
         "first_frame_split": first_frame_split(split, log),
+        "dynamo": {"warm_graphs": warm_graphs, "graphs": counters["stats"]["unique_graphs"],
+                   "breaks": dict(counters["graph_break"])} if compile_s else None,
     }
     model.close()
     if device.type == "cuda":
@@ -434,6 +445,14 @@ def print_details(r: dict[str, Any], repeats: int) -> None:
         print(f"- **{variant}, the take loop pipelined against serial** ({repeats} takes each, alternated): "
               f"{pipe['fps']:.1f} against {ser['fps']:.1f} fps, time to first frame "
               f"{pipe['ttff_ms']:.0f} against {ser['ttff_ms']:.0f} ms")
+    if r["dynamo"] is not None:
+        # More graphs after the warm-up, or a graph break, means some calls ran other code than the warm-up
+        # compiled (or eager): the row is then not the compiled variant's figure.
+        dynamo, breaks = r["dynamo"], r["dynamo"]["breaks"]
+        print(f"- **{variant}, dynamo:** {dynamo['warm_graphs']} graphs compiled by the warm-up, "
+              f"{dynamo['graphs'] - dynamo['warm_graphs']} more by the end (takes, restarts, split, profile); "
+              f"{sum(breaks.values())} graph breaks"
+              + "".join(f"; {n}× {reason[:120]}" for reason, n in sorted(breaks.items(), key=lambda kv: -kv[1])[:3]))
     if r["profile"] is not None:
         print_profile(variant, r["profile"])
     sys.stdout.flush()
