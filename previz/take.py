@@ -103,7 +103,7 @@ class DraftModel:
     ) -> None:
         """``engine_options`` go to both engines: ``precision`` (fp32 | bf16 | fp16 | fp8; default bf16 on
         CUDA, fp32 on CPU), ``compile`` (torch.compile; default on CUDA), ``compile_mode``, ``compile_scope``
-        (model | blocks), ``attention`` (torch's attention kernel), ``gelu_epilogue`` (CUDA: the
+        (blocks on CUDA, model elsewhere), ``attention`` (torch's attention kernel), ``gelu_epilogue`` (CUDA: the
         feed-forward's GELU in its matmul's epilogue): see engines.torch_backend; and ``device``."""
         if pack.draft is None:
             raise ValueError(f"pack {pack.id!r} is not a draft pack")
