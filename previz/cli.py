@@ -270,6 +270,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits=SessionLimits(image_format=args.image_format), run_jobs=args.jobs,
     )
     backends = [name for name, reason in available_backends().items() if reason is None]
+    freeze_start_up_heap()
     try:
         asyncio.run(run(config, model=model, store=store, backends=backends, announce=_say))
     except OSError as exc:  # the port is taken, or the address is not ours
@@ -277,6 +278,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def freeze_start_up_heap() -> None:
+    """Take what start-up loaded out of the garbage collector's sight, for the life of the process.
+
+    A served process tracks about 450,000 objects once torch, diffusers and the model are loaded, and a full
+    collection scans them all with the GIL held: 200 to 260 ms on the project's CPU (BENCHMARKS.md), a stall
+    of every client's stream and update whenever one comes.  They live as long as the process, so start-up's
+    own garbage is collected once and the rest is frozen; a full collection then scans only what came later.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:

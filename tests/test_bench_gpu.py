@@ -170,3 +170,19 @@ def test_a_compiled_variant_says_whether_its_takes_ran_what_the_warm_up_compiled
     assert [(variant, more, breaks) for variant, _, more, breaks in lines] == [
         ("bf16-compiled-model", "0", "0"), ("bf16-compiled-blocks", "0", "0")]
     assert all(int(warm) >= 2 for _, warm, _, _ in lines)  # the denoiser and the decoder, compiled again
+
+
+def test_bench_gc_times_a_full_collection_before_and_after_the_start_up_heap_is_frozen(monkeypatch, test_pack,
+                                                                                          capsys):
+    import gc
+
+    tool = load_tool(monkeypatch, "bench_gc")
+    try:
+        assert tool.main(["--pack", test_pack.id, "--backend", "torch"]) == 0
+    finally:
+        gc.unfreeze()
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^\| (as loaded|start-up frozen) \| ([\d.]+) ms \|", out, re.MULTILINE))
+    assert set(rows) == {"as loaded", "start-up frozen"}
+    assert float(rows["as loaded"]) > float(rows["start-up frozen"])  # the frozen objects are not scanned
+    assert gc.get_freeze_count() == 0  # the tool leaves the test process's collector as it found it
