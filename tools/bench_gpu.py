@@ -420,7 +420,9 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
         "profile": profiled,
         "first_frame_split": first_frame_split(split, log),
         "dynamo": {"warm_graphs": warm_graphs, "graphs": counters["stats"]["unique_graphs"],
-                   "breaks": dict(counters["graph_break"])} if compile_s else None,
+                   "breaks": dict(counters["graph_break"]),
+                   # code dynamo gave up on, which then runs eager (past the recompile limit, among others)
+                   "eager": dict(counters["unimplemented"])} if compile_s else None,
     }
     model.close()
     if device.type == "cuda":
@@ -446,13 +448,15 @@ def print_details(r: dict[str, Any], repeats: int) -> None:
               f"{pipe['fps']:.1f} against {ser['fps']:.1f} fps, time to first frame "
               f"{pipe['ttff_ms']:.0f} against {ser['ttff_ms']:.0f} ms")
     if r["dynamo"] is not None:
-        # More graphs after the warm-up, or a graph break, means some calls ran other code than the warm-up
-        # compiled (or eager): the row is then not the compiled variant's figure.
-        dynamo, breaks = r["dynamo"], r["dynamo"]["breaks"]
+        # More graphs after the warm-up, a graph break or code left eager means some calls ran other code than
+        # the warm-up compiled: the row is then not the compiled variant's figure.
+        dynamo = r["dynamo"]
         print(f"- **{variant}, dynamo:** {dynamo['warm_graphs']} graphs compiled by the warm-up, "
               f"{dynamo['graphs'] - dynamo['warm_graphs']} more by the end (takes, restarts, split, profile); "
-              f"{sum(breaks.values())} graph breaks"
-              + "".join(f"; {n}× {reason[:120]}" for reason, n in sorted(breaks.items(), key=lambda kv: -kv[1])[:3]))
+              + "; ".join(f"{sum(counts.values())} {what}"
+                          + "".join(f" ({n}× {reason[:120]})"
+                                    for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+                          for what, counts in (("graph breaks", dynamo["breaks"]), ("left eager", dynamo["eager"]))))
     if r["profile"] is not None:
         print_profile(variant, r["profile"])
     sys.stdout.flush()
