@@ -28,7 +28,7 @@ CAMERAS = ("orbit_left", "dolly_in", "pan_left", "orbit_right")
 
 
 def child(pack_ref: str, backend: str, warm: bool) -> dict[str, float]:
-    from previz.cli import _quiet_libraries, open_pack
+    from previz.cli import _quiet_libraries, freeze_start_up_heap, open_pack
     from previz.recipe import Recipe
     from previz.take import DraftModel, TakeStats
 
@@ -38,6 +38,7 @@ def child(pack_ref: str, backend: str, warm: bool) -> dict[str, float]:
     if warm:
         model.warm_take()
     model.text(SHOT)
+    freeze_start_up_heap()  # as `previz serve` does before it serves, in both arms
     firsts = []
     for i, camera in enumerate(CAMERAS):
         stats = TakeStats()

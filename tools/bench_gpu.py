@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import platform
 import random
@@ -292,6 +293,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     from torch._dynamo.utils import counters
 
     from engines.precision import torch_dtype
+    from previz.cli import freeze_start_up_heap
     from previz.frame_decoder import EngineFrameDecoder
     from previz.recipe import Recipe
     from previz.take import DraftModel, TakeStats
@@ -311,6 +313,7 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
     model.warmup()
     sync(device)
     warmup_s = time.perf_counter() - start
+    freeze_start_up_heap()  # as `previz serve` does before it serves: no full collection scans all this mid-take
     warm_graphs = counters["stats"]["unique_graphs"]
     info = model.engine_info()
     compile_s = sum(engine.info.details.get("compile_s", 0.0) for _, engine in model.engines())
@@ -425,6 +428,8 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
                    "eager": dict(counters["unimplemented"])} if compile_s else None,
     }
     model.close()
+    gc.unfreeze()  # this variant's model is garbage now, its device memory with it
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -539,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = bench_variant(pack, text, variant, device, seconds, repeats, cache_dir, args.profile)
                 except Exception as exc:  # a failure is a finding: printed below, and the run goes on
                     failures.append(f"- **{variant} failed:** {type(exc).__name__}: {str(exc)[:300]}")
+                    gc.unfreeze()  # its model may have been frozen after its warm-up: let it go
+                    gc.collect()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
