@@ -165,8 +165,8 @@ def test_bench_first_take_times_a_fresh_model_with_and_without_a_warm_take(monke
 
 
 def test_a_compiled_variant_says_whether_its_takes_ran_what_the_warm_up_compiled(tmp_path, capsys, monkeypatch):
-    """Each variant compiles on its own (dynamo reset), and its dynamo line counts the graphs compiled after
-    the warm-up and the graph breaks: the second variant here compiles again, and both runs add none."""
+    """Each compiled variant's dynamo line counts the graphs its warm-up compiled, those compiled after it,
+    the graph breaks and the code left eager: two variants in one process, and neither's takes add any."""
     bench = load_bench(monkeypatch)
     assert bench.main(["--small", "--students", "wan21-1.3b", "--variants", "bf16-compiled-model,bf16-compiled-blocks",
                        "--seconds", "0.2", "--repeats", "1", "--packs", str(tmp_path)]) == 0
