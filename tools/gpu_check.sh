@@ -14,6 +14,8 @@
 #     -d .whl diffusers==0.42.1 importlib_metadata websockets spandrel==0.4.2 torchao==0.18.0
 #
 #   bash tools/gpu_check.sh [TESTS_SECONDS] [BENCH_ARGS...]
+#   bash tools/gpu_check.sh 0      # only the set-up, for another tool (e.g. tools/bench_time_embedding.py)
+#                                  # on a machine the tree was sent to again: each call sends it afresh
 #
 # The benchmark runs first and the tests after it, for at most TESTS_SECONDS (0: none), so a lease's
 # minutes go to the figures first.  Logs are appended, so several runs in one device call keep all their
