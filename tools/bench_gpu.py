@@ -428,12 +428,17 @@ def bench_variant(pack: Any, text: Any, variant: str, device: torch.device, seco
                    "eager": dict(counters["unimplemented"])} if compile_s else None,
     }
     model.close()
-    gc.unfreeze()  # this variant's model is garbage now, its device memory with it
+    return result
+
+
+def release_variant(device: torch.device) -> None:
+    """After a variant, measured or failed: its model is garbage (frozen with the heap after its warm-up, so
+    unfrozen first), its device memory goes back, and the next variant's peak memory is its own."""
+    gc.unfreeze()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    return result
 
 
 def print_details(r: dict[str, Any], repeats: int) -> None:
@@ -544,11 +549,9 @@ def main(argv: list[str] | None = None) -> int:
                     r = bench_variant(pack, text, variant, device, seconds, repeats, cache_dir, args.profile)
                 except Exception as exc:  # a failure is a finding: printed below, and the run goes on
                     failures.append(f"- **{variant} failed:** {type(exc).__name__}: {str(exc)[:300]}")
-                    gc.unfreeze()  # its model may have been frozen after its warm-up: let it go
-                    gc.collect()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
                     continue
+                finally:
+                    release_variant(device)
                 measured += 1
                 if measured == 1:
                     params = r["params_b"]
